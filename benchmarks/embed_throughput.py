@@ -1,0 +1,113 @@
+"""Images per second of the Ray Data embedding pipeline next to a plain single-process PyTorch loop.
+
+Both sides use the same model, batch size, inputs and transform; the plain
+loop decodes and encodes one batch after the other in one process (torch using
+every core), the Ray pipeline overlaps CPU decode tasks with encoder actors.
+Printed side by side, with the ratio, in one run; the last line is JSON.
+
+    python benchmarks/embed_throughput.py                   # tiny CLIP on CPU
+    python benchmarks/embed_throughput.py --gpu-vit         # + ViT-B/16 fp16 GPU stage (random weights)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def plain_loop(dataset: str, n: int, batch_size: int, encoder_name: str) -> float:
+    """Seconds for decode -> transform -> encode of n images, sequentially in this process."""
+    import torch
+
+    from datasets.registry import open_split
+    from orchestrator.encoders import load_encoder
+
+    source = open_split(dataset, "train", sizes={"train": n})
+    encoder = load_encoder(encoder_name)
+    t0 = time.perf_counter()
+    for start in range(0, n, batch_size):
+        images = source.load_many(range(start, min(start + batch_size, n)))
+        encoder.encode_images(torch.stack([encoder.preprocess(im) for im in images]))
+    return time.perf_counter() - t0
+
+
+def ray_pipeline(dataset: str, n: int, batch_size: int, encoder_name: str, actors: int | None) -> float:
+    """Seconds for the whole embed call into an empty cache, actor start-up and parquet writing included."""
+    from orchestrator.features import EmbedOptions, embed_split
+
+    with tempfile.TemporaryDirectory() as cache:
+        t0 = time.perf_counter()
+        embed_split(dataset, "train", encoder_name, cache, EmbedOptions(batch_size=batch_size, num_actors=actors),
+                    source_options={"sizes": {"train": n}})
+        return time.perf_counter() - t0
+
+
+def gpu_vit_stage(n: int, batch_size: int) -> dict:
+    """ViT-B/16 fp16 image tower on pre-decoded input (random weights): the GPU stage alone."""
+    import open_clip
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device"}
+    model = open_clip.create_model("ViT-B-16", device="cuda").eval().half()
+    x = torch.randn(batch_size, 3, 224, 224, device="cuda", dtype=torch.half)
+    with torch.inference_mode():
+        for _ in range(3):
+            model.encode_image(x)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        steps = max(1, n // batch_size)
+        for _ in range(steps):
+            model.encode_image(x)
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {"model": "ViT-B-16", "precision": "fp16", "batch_size": batch_size,
+            "images_per_s": round(steps * batch_size / seconds, 1), "device": torch.cuda.get_device_name()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="synth-shapes")
+    ap.add_argument("--encoder", default="tiny-clip")
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--actors", type=int, default=None)
+    ap.add_argument("--gpu-vit", action="store_true")
+    args = ap.parse_args(argv)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from orchestrator.ray_runtime import ensure_ray
+
+    ensure_ray()
+    plain_s = plain_loop(args.dataset, args.n, args.batch_size, args.encoder)
+    ray_s = ray_pipeline(args.dataset, args.n, args.batch_size, args.encoder, args.actors)
+    figures = {
+        "dataset": args.dataset, "encoder": args.encoder, "images": args.n, "batch_size": args.batch_size,
+        "plain_images_per_s": round(args.n / plain_s, 1), "ray_images_per_s": round(args.n / ray_s, 1),
+        "ray_over_plain": round(plain_s / ray_s, 3),
+    }
+    table = Table(title=f"embedding throughput, {args.n} images, {args.encoder}")
+    table.add_column("pipeline")
+    table.add_column("images/s", justify="right")
+    table.add_row("plain PyTorch loop (1 process)", f"{figures['plain_images_per_s']:.0f}")
+    table.add_row("Ray Data (decode tasks + encoder actors)", f"{figures['ray_images_per_s']:.0f}")
+    table.add_row("ratio Ray / plain", f"{figures['ray_over_plain']:.2f}x")
+    Console().print(table)
+    if args.gpu_vit:
+        figures["gpu_vit_b16"] = gpu_vit_stage(args.n, args.batch_size)
+        print("GPU stage:", figures["gpu_vit_b16"])
+    print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Dataset cards: what a dataset *is*, independent of where its pixels live.
+
+A card carries everything a method needs besides pixels -- class names (with
+the list they follow), prompt templates per paper protocol, per-class
+attributes for visual reprogramming, the task type and the default metric --
+and a :class:`SourceSpec` saying how to read the images. Cards are validated
+by pydantic, so a typo in a card fails when the registry is built, not in the
+middle of a sweep.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Task = Literal["multiclass", "binary", "multilabel"]
+Metric = Literal["accuracy", "auc"]
+SourceKind = Literal["synthetic", "torchvision", "imagefolder", "manifest", "npz"]
+
+
+class SourceSpec(BaseModel):
+    """How to read a dataset's images; ``options`` are passed to the source's constructor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: SourceKind
+    options: dict[str, Any] = Field(default_factory=dict)
+    obtain: str = Field(description="How a user gets the data onto disk, and the layout expected there.")
+
+
+class ClassAttributes(BaseModel):
+    """Attribute sentences of one class (BioMedVR / AttrVR style)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    positive: list[str] = Field(default_factory=list, description="descriptive / discriminative traits")
+    confusion: list[str] = Field(default_factory=list, description="what separates it from its look-alikes")
+
+
+class DatasetCard(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    display_name: str
+    classes: list[str]
+    class_source: str = Field(description="Which published list the class names follow, e.g. CoOp's split file.")
+    templates: dict[str, list[str]] = Field(description="Prompt templates per protocol; 'default' is required.")
+    attributes: dict[str, ClassAttributes] = Field(default_factory=dict)
+    modality: str
+    task: Task = "multiclass"
+    metric: Metric = "accuracy"
+    splits: dict[str, str] = Field(description="Split name -> what it is (size, provenance).")
+    source: SourceSpec
+    papers: list[str] = Field(default_factory=list, description="Paper protocols that use this dataset.")
+    notes: str = ""
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_unique(cls, classes: list[str]) -> list[str]:
+        if not classes:
+            raise ValueError("a card needs at least one class")
+        dupes = sorted({c for c in classes if classes.count(c) > 1})
+        if dupes:
+            raise ValueError(f"duplicate class names: {dupes}")
+        return classes
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_have_slot(cls, templates: dict[str, list[str]]) -> dict[str, list[str]]:
+        if "default" not in templates:
+            raise ValueError("templates need a 'default' protocol")
+        for protocol, items in templates.items():
+            if not items:
+                raise ValueError(f"templates[{protocol!r}] is empty")
+            for t in items:
+                if t.count("{}") != 1:
+                    raise ValueError(
+                        f"template {t!r} (protocol {protocol!r}) must contain exactly one '{{}}' slot for the class name"
+                    )
+        return templates
+
+    @model_validator(mode="after")
+    def _attributes_name_known_classes(self) -> "DatasetCard":
+        unknown = sorted(set(self.attributes) - set(self.classes))
+        if unknown:
+            raise ValueError(f"attributes given for classes not in the class list: {unknown}")
+        if self.task == "binary" and len(self.classes) != 2:
+            raise ValueError(f"a binary task needs exactly two classes, got {len(self.classes)}")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def prompts(self, protocol: str = "default") -> list[str]:
+        """The templates of a protocol; unknown protocols list the known ones."""
+        if protocol not in self.templates:
+            raise KeyError(f"{self.name}: no templates for protocol {protocol!r}; known: {sorted(self.templates)}")
+        return self.templates[protocol]

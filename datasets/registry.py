@@ -1,0 +1,70 @@
+"""The dataset registry: every card the project knows, and how to open a split.
+
+Cards come from two places: YAML files in ``datasets/cards/`` (drop a file
+there to add a dataset) and Python modules that build cards in code (the
+synthetic family, whose attributes are generated). Both go through
+:class:`~datasets.card.DatasetCard` validation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .card import DatasetCard
+from .sources.base import ImageSource
+from .sources.registry import source_class
+
+CARD_DIR = Path(__file__).resolve().parent / "cards"
+_CARDS: dict[str, DatasetCard] = {}
+_LOADED = False
+
+
+def register_card(card: DatasetCard) -> DatasetCard:
+    if card.name in _CARDS and _CARDS[card.name] != card:
+        raise ValueError(f"dataset {card.name!r} registered twice with different cards")
+    _CARDS[card.name] = card
+    return card
+
+
+def _load_all() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    # Importing these modules registers their sources and code-built cards.
+    from . import sources  # noqa: F401
+    from .cards import synthetic  # noqa: F401
+
+    for path in sorted(CARD_DIR.glob("*.yaml")):
+        try:
+            register_card(DatasetCard.model_validate(yaml.safe_load(path.read_text())))
+        except Exception as exc:
+            raise ValueError(f"invalid dataset card {path}: {exc}") from exc
+
+
+def list_datasets() -> list[str]:
+    _load_all()
+    return sorted(_CARDS)
+
+
+def get_card(name: str) -> DatasetCard:
+    _load_all()
+    if name not in _CARDS:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(_CARDS))}")
+    return _CARDS[name]
+
+
+def open_split(name: str, split: str, data_root: str | Path | None = None, **options) -> ImageSource:
+    """Build the image source of ``name``/``split``; ``options`` override the card's source options."""
+    card = get_card(name)
+    if split not in card.splits:
+        raise KeyError(f"{name}: unknown split {split!r}; known: {sorted(card.splits)}")
+    cls = source_class(card.source.kind)
+    merged = {**card.source.options, **options}
+    if data_root is not None:
+        merged["root"] = data_root
+    source = cls(classes=card.classes, split=split, **merged)
+    source.check_labels()
+    return source

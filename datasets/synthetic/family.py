@@ -1,0 +1,279 @@
+"""The synthetic dataset family: the project's offline default.
+
+Each member fixes a class list and a rule that turns ``(label, rng)`` into a
+:class:`~datasets.synthetic.render.Scene`. The members are chosen to mimic the
+situations the papers study:
+
+* ``synth-shapes`` (coarse, 10 classes): shapes in any colour/pattern, like
+  CIFAR-10 or Caltech: zero-shot works but unevenly, because some shapes are
+  rare in the tiny CLIP's pre-training captions.
+* ``synth-colored-shapes`` (fine-grained, 36 classes): colour x shape, with
+  deliberately confusable pairs (red/orange, blue/cyan/purple,
+  circle/ring), like FGVC-Aircraft or Flowers.
+* ``synth-scans`` (domain-shifted, 10 classes): faint grayscale shapes in
+  textured noise, like a medical modality where zero-shot is weak but the
+  features still separate the classes.
+* ``synth-lesions`` (imbalanced binary, AUC): 10 % of scans contain a small
+  faint blob, like the VALIANT medical protocols.
+
+Labels are a pure function of the index (balanced sets: ``index % C``;
+imbalanced sets: one Bernoulli draw from the image's own generator), so the
+label vector of a million-image pool is known without rendering a pixel.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .render import COLORS, PATTERNS, BACKGROUNDS, SIZES, Scene, image_rng, render
+
+COARSE_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "crescent", "bar", "hexagon", "diamond")
+FINE_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
+FINE_COLORS = ("red", "orange", "blue", "cyan", "green", "purple")
+
+#: Hand-written descriptions used as the positive attributes of a class, the
+#: analogue of the LLM-written descriptions that BioMedVR/AttrVR use.
+SHAPE_TRAITS: dict[str, list[str]] = {
+    "circle": ["a round outline", "no corners", "a filled disc"],
+    "square": ["four equal sides", "four right-angle corners", "straight edges"],
+    "triangle": ["three corners", "a pointed top", "a flat base"],
+    "star": ["five pointed tips", "a spiky outline", "a small centre"],
+    "cross": ["two crossing arms", "a plus-like form", "four arms of equal length"],
+    "ring": ["a hollow centre", "a round outline", "a thick round band"],
+    "crescent": ["a curved moon form", "one concave side", "two horned tips"],
+    "bar": ["a long thin form", "straight parallel edges", "a horizontal stripe"],
+    "hexagon": ["six corners", "six straight sides", "an almost round outline"],
+    "diamond": ["four corners pointing up, down, left and right", "a rhombus form", "straight edges"],
+}
+
+#: The class each shape is most easily mistaken for, and the trait that
+#: tells them apart: the analogue of BioMedVR's confusion-aware attributes.
+SHAPE_CONFUSIONS: dict[str, tuple[str, str]] = {
+    "circle": ("hexagon", "a smooth edge without corners"),
+    "square": ("diamond", "sides parallel to the image border"),
+    "triangle": ("arrow", "no shaft"),
+    "star": ("cross", "five thin tips instead of four broad arms"),
+    "cross": ("star", "four broad arms instead of five tips"),
+    "ring": ("circle", "an empty centre"),
+    "crescent": ("circle", "a bite taken out of one side"),
+    "bar": ("ellipse", "square ends"),
+    "hexagon": ("circle", "visible corners"),
+    "diamond": ("square", "corners pointing to the image border"),
+}
+
+COLOR_CONFUSIONS: dict[str, str] = {
+    "red": "orange", "orange": "red", "blue": "cyan", "cyan": "blue", "green": "cyan", "purple": "blue",
+}
+
+
+def stream_id(*parts: str) -> int:
+    """Stable 31-bit id of a named random stream (dataset, split, corpus)."""
+    return zlib.crc32("/".join(parts).encode()) & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """One member of the family: its classes and how a scene is drawn for a label."""
+
+    name: str
+    classes: tuple[str, ...]
+    scene_for: Callable[[int, np.random.Generator], Scene]
+    positive_rate: float | None = None  # set for imbalanced binary sets
+    default_sizes: dict[str, int] = field(default_factory=lambda: {"train": 5000, "test": 1000})
+
+    def labels(self, split: str, indices: np.ndarray, seed: int) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.positive_rate is None:
+            return (indices % len(self.classes)).astype(np.int64)
+        stream = stream_id(self.name, split)
+        return np.array(
+            [int(image_rng(seed, stream, int(i)).random() < self.positive_rate) for i in indices], dtype=np.int64
+        )
+
+    def render(self, split: str, indices: np.ndarray, seed: int, size: int = 32) -> np.ndarray:
+        """Images for ``indices`` as an ``(n, size, size, 3)`` uint8 array."""
+        stream = stream_id(self.name, split)
+        labels = self.labels(split, indices, seed)
+        out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+        for k, (i, y) in enumerate(zip(np.asarray(indices), labels)):
+            rng = image_rng(seed, stream, int(i))
+            if self.positive_rate is not None:
+                rng.random()  # the label draw, consumed in the same order as labels()
+            out[k] = render(self.scene_for(int(y), rng), rng, size)
+        return out
+
+
+def _pick(rng: np.random.Generator, options) -> str:
+    options = list(options)
+    return options[int(rng.integers(len(options)))]
+
+
+def _coarse_scene(label: int, rng: np.random.Generator) -> Scene:
+    return Scene(
+        shape=COARSE_SHAPES[label],
+        color=_pick(rng, COLORS),
+        pattern=_pick(rng, PATTERNS),
+        background=_pick(rng, BACKGROUNDS),
+        size=_pick(rng, ("medium", "large")),
+    )
+
+
+def _fine_scene(label: int, rng: np.random.Generator) -> Scene:
+    color, shape = FINE_CLASSES[label]
+    return Scene(
+        shape=shape,
+        color=color,
+        pattern=_pick(rng, PATTERNS),
+        background=_pick(rng, BACKGROUNDS),
+        size=_pick(rng, ("medium", "large")),
+    )
+
+
+def _scan_scene(label: int, rng: np.random.Generator) -> Scene:
+    return Scene(
+        shape=COARSE_SHAPES[label],
+        color="white",
+        pattern="solid",
+        background="noisy",
+        size=_pick(rng, ("medium", "large")),
+        domain="scan",
+        contrast=float(rng.uniform(0.14, 0.28)),
+    )
+
+
+def _lesion_scene(label: int, rng: np.random.Generator) -> Scene:
+    return Scene(
+        shape="circle" if label == 1 else None,
+        color="white",
+        pattern="solid",
+        background="noisy",
+        size="small",
+        domain="scan",
+        contrast=float(rng.uniform(0.08, 0.2)),
+    )
+
+
+FINE_CLASSES: tuple[tuple[str, str], ...] = tuple((c, s) for s in FINE_SHAPES for c in FINE_COLORS)
+
+FAMILY: dict[str, SyntheticSpec] = {
+    spec.name: spec
+    for spec in (
+        SyntheticSpec("synth-shapes", COARSE_SHAPES, _coarse_scene),
+        SyntheticSpec("synth-colored-shapes", tuple(f"{c} {s}" for c, s in FINE_CLASSES), _fine_scene),
+        SyntheticSpec("synth-scans", COARSE_SHAPES, _scan_scene),
+        SyntheticSpec("synth-lesions", ("normal", "lesion"), _lesion_scene, positive_rate=0.1),
+    )
+}
+
+
+def class_attributes(spec_name: str) -> dict[str, dict[str, list[str]]]:
+    """Positive and confusion-aware attribute sentences for every class of a member."""
+    spec = FAMILY[spec_name]
+    if spec_name == "synth-lesions":
+        return {
+            "normal": {"positive": ["uniform textured tissue", "no bright spot"],
+                       "confusion": ["no small round blob, unlike a lesion"]},
+            "lesion": {"positive": ["a small faint round spot", "a blob brighter than the tissue"],
+                       "confusion": ["a compact bright blob, unlike normal tissue texture"]},
+        }
+    attrs: dict[str, dict[str, list[str]]] = {}
+    for name in spec.classes:
+        words = name.split()
+        shape = words[-1]
+        color = words[0] if len(words) > 1 else None
+        positive = [f"a shape with {t}" for t in SHAPE_TRAITS[shape]]
+        other, cue = SHAPE_CONFUSIONS[shape]
+        confusion = [f"{cue}, unlike a {other}"]
+        if color is not None:
+            positive.insert(0, f"a {color} colour")
+            confusion.append(f"a {color} rather than {COLOR_CONFUSIONS[color]} colour")
+        if spec_name == "synth-scans":
+            positive.append("a faint bright region in grayscale noise")
+        attrs[name] = {"positive": positive, "confusion": confusion}
+    return attrs
+
+
+# --------------------------------------------------------------------------
+# The tiny CLIP's pre-training corpus: scenes + noisy captions, drawn from a
+# stream no benchmark split uses.
+# --------------------------------------------------------------------------
+
+PRETRAIN_STREAM = "pretrain-corpus"
+
+#: How often each shape appears in the corpus: a long tail, as on the web.
+SHAPE_FREQUENCY: dict[str, float] = {
+    "circle": 1.0, "square": 1.0, "triangle": 0.9, "star": 0.7, "cross": 0.6, "ring": 0.45,
+    "bar": 0.5, "ellipse": 0.45, "arrow": 0.4, "diamond": 0.3, "hexagon": 0.18, "crescent": 0.14,
+}
+
+PHOTO_CAPTIONS = (
+    "a photo of a {color} {shape}.",
+    "a {color} {shape}.",
+    "a {size} {color} {shape} on a {background} background.",
+    "a {pattern} {color} {shape}.",
+    "a photo of a {shape}.",
+    "a {shape} on a {background} background.",
+    "a picture of a {pattern} {shape}.",
+)
+SCAN_CAPTIONS = (
+    "a grayscale scan of a {shape}.",
+    "a faint {shape} in a noisy scan.",
+    "a scan showing a {shape}.",
+)
+EMPTY_PHOTO_CAPTIONS = ("an empty {background} background.", "a photo of nothing.")
+EMPTY_SCAN_CAPTIONS = ("a normal grayscale scan.", "an empty scan.")
+LESION_CAPTIONS = ("a grayscale scan showing a lesion.", "a lesion in a noisy scan.")
+GENERIC_CAPTIONS = ("a picture.", "an image of something.", "a photo.")
+
+
+@dataclass(frozen=True)
+class CorpusMix:
+    """Knobs of the pre-training corpus that shape the tiny CLIP's zero-shot skill."""
+
+    scan_fraction: float = 0.06
+    empty_fraction: float = 0.03
+    generic_caption_rate: float = 0.08
+    wrong_color_rate: float = 0.06
+
+
+def corpus_sample(index: int, seed: int, mix: CorpusMix = CorpusMix(), size: int = 32) -> tuple[np.ndarray, str]:
+    """One pre-training (image, caption) pair."""
+    rng = image_rng(seed, stream_id(PRETRAIN_STREAM), index)
+    shapes = list(SHAPE_FREQUENCY)
+    weights = np.array([SHAPE_FREQUENCY[s] for s in shapes])
+    is_scan = rng.random() < mix.scan_fraction
+    is_empty = rng.random() < mix.empty_fraction
+    shape = None if is_empty else shapes[int(rng.choice(len(shapes), p=weights / weights.sum()))]
+    if is_scan:
+        small = rng.random() < 0.3
+        scene = Scene(shape=shape, color="white", pattern="solid", background="noisy",
+                      size="small" if small else _pick(rng, ("medium", "large")),
+                      domain="scan", contrast=float(rng.uniform(0.15, 0.45)))
+    else:
+        scene = Scene(shape=shape, color=_pick(rng, COLORS), pattern=_pick(rng, PATTERNS),
+                      background=_pick(rng, BACKGROUNDS), size=_pick(rng, SIZES))
+    caption = _caption(scene, rng, mix)
+    return render(scene, rng, size), caption
+
+
+def _caption(scene: Scene, rng: np.random.Generator, mix: CorpusMix) -> str:
+    if rng.random() < mix.generic_caption_rate:
+        return _pick(rng, GENERIC_CAPTIONS)
+    if scene.domain == "scan":
+        if scene.shape is None:
+            return _pick(rng, EMPTY_SCAN_CAPTIONS)
+        if scene.size == "small" and scene.shape in ("circle", "ring") and rng.random() < 0.5:
+            return _pick(rng, LESION_CAPTIONS)
+        return _pick(rng, SCAN_CAPTIONS).format(shape=scene.shape)
+    if scene.shape is None:
+        return _pick(rng, EMPTY_PHOTO_CAPTIONS).format(background=scene.background)
+    color = _pick(rng, COLORS) if rng.random() < mix.wrong_color_rate else scene.color
+    caption = _pick(rng, PHOTO_CAPTIONS).format(
+        color=color, shape=scene.shape, size=scene.size, pattern=scene.pattern, background=scene.background
+    )
+    return re.sub(r"\ba (?=[aeiou])", "an ", caption)

@@ -1,0 +1,95 @@
+"""Run an active-learning sweep: method x dataset x budget x seed, one Tune trial per cell.
+
+    python experiments/sweep.py                                   # offline default (configs/default.yaml)
+    python experiments/sweep.py experiments/configs/default.yaml --name quick --set seeds=[0] --set rounds=3
+    python experiments/sweep.py my.yaml --address auto --tracking-uri http://127.0.0.1:5000   # on a cluster
+
+Re-running the same command resumes: finished trials are skipped, interrupted
+ones continue from their last finished round, and MLflow gets no duplicates.
+When it finishes it prints the comparison table and how to open MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DEFAULT_CONFIG = ROOT / "experiments" / "configs" / "default.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", nargs="?", default=None, help=f"sweep YAML (default: {DEFAULT_CONFIG.relative_to(ROOT)})")
+    ap.add_argument("--name", help="sweep name (also the MLflow experiment)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any config field, e.g. --set rounds=3 --set seeds=[0,1] --set resources.cpu=0.5")
+    ap.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local one)")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<workdir>/mlflow.db)")
+    ap.add_argument("--workdir", help="where trial states, Ray results and the default MLflow store live")
+    ap.add_argument("--no-report", action="store_true", help="skip the comparison table at the end")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    from rich.console import Console
+
+    from orchestrator.config import ConfigError, load_config
+
+    console = Console(stderr=True)
+    overrides = list(args.overrides)
+    for key, value in (("name", args.name), ("address", args.address), ("tracking.uri", args.tracking_uri),
+                       ("workdir", args.workdir)):
+        if value:
+            overrides.append(f"{key}={value}")
+    if args.name and not args.workdir and not any(o.startswith("workdir=") for o in args.overrides):
+        overrides.append(f"workdir=runs/{args.name}")
+    try:
+        config = load_config(args.config, overrides, default=DEFAULT_CONFIG)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise SystemExit(2) from None
+
+    from orchestrator.budget import BudgetError
+    from orchestrator.sweep import run_sweep
+
+    try:
+        outcome = run_sweep(config, console)
+    except (BudgetError, ValueError, KeyError) as exc:
+        console.print(f"[red]error: {exc.args[0] if exc.args else exc}[/red]")
+        raise SystemExit(2) from None
+    summary = {"experiment": outcome.experiment, "tracking_uri": outcome.tracking_uri, "trials": outcome.trials,
+               "skipped_finished": outcome.skipped, "resumed": outcome.resumed, "failed": len(outcome.failed),
+               "seconds": round(outcome.seconds, 1), "embed_seconds": round(outcome.embed_seconds, 1)}
+    if not args.no_report:
+        summary["report"] = _report(outcome, config, console)
+    store = outcome.tracking_uri
+    console.print(f"\nMLflow UI:  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000")
+    print(json.dumps(summary))
+    return summary
+
+
+def _report(outcome, config, console) -> list[str]:
+    from orchestrator.report import (comparison_tables, load_trials, log_report_to_mlflow, rich_table,
+                                     write_report)
+
+    df = load_trials(outcome.tracking_uri, outcome.experiment, metrics=())
+    if df.empty:
+        console.print("[yellow]no finished trials to report[/yellow]")
+        return []
+    tables = comparison_tables(df)
+    for key, table in tables.items():
+        if key.startswith("average") or key == "final_round":
+            console.print(rich_table(table))
+    paths = write_report(df, config.workdir_path / "report", tables=tables)
+    log_report_to_mlflow(outcome.tracking_uri, outcome.parent_run_id, paths)
+    console.print(f"report: {len(paths)} files in {config.workdir_path / 'report'}")
+    return [str(p) for p in paths]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""Acquisition strategies; importing this package registers them."""
+
+from . import uncertainty  # noqa: F401

@@ -1,0 +1,63 @@
+"""Random sampling and the classic uncertainty scores (Settles, 2009 survey).
+
+All three uncertainty scores read only the current class probabilities of the
+pool, so they run on cached features at any pool size; ties are broken by
+the lowest pool row id, which makes selections reproducible across machines.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..base import PROBS, AcquisitionStrategy, Selection, SelectionContext
+from ..registry import register_acquisition
+
+
+def top_k(scores: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` candidates with the highest scores; ties go to the lower row id."""
+    order = np.lexsort((candidates, -scores))
+    return candidates[order[:k]]
+
+
+@register_acquisition("random")
+class RandomSampling(AcquisitionStrategy):
+    """Uniform sampling without replacement: the baseline every paper reports."""
+
+    def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
+        return Selection(np.sort(rng.choice(ctx.unlabelled, size=budget, replace=False)))
+
+
+class _ProbabilityScore(AcquisitionStrategy):
+    requires = frozenset({PROBS})
+
+    def score(self, probs: np.ndarray) -> np.ndarray:  # higher = more informative
+        raise NotImplementedError
+
+    def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
+        probs = np.asarray(ctx.probs[ctx.unlabelled], dtype=np.float64)
+        return Selection(top_k(self.score(probs), ctx.unlabelled, budget))
+
+
+@register_acquisition("entropy")
+class EntropySampling(_ProbabilityScore):
+    """Highest predictive entropy -sum p log p."""
+
+    def score(self, probs):
+        return -(probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=1)
+
+
+@register_acquisition("margin")
+class MarginSampling(_ProbabilityScore):
+    """Smallest gap between the two most probable classes (Scheffer et al., 2001)."""
+
+    def score(self, probs):
+        top2 = np.partition(probs, -2, axis=1)[:, -2:]
+        return -(top2[:, 1] - top2[:, 0])
+
+
+@register_acquisition("least_confidence")
+class LeastConfidence(_ProbabilityScore):
+    """Lowest probability of the predicted class (Lewis & Gale, 1994)."""
+
+    def score(self, probs):
+        return -probs.max(axis=1)

@@ -1,0 +1,3 @@
+"""Adaptation learners; importing this package registers them."""
+
+from . import linear_probe, zeroshot  # noqa: F401

@@ -1,0 +1,58 @@
+"""Linear probe on cached image features, optionally initialised from the class text embeddings.
+
+Initialising the head from the text classifier (as in LP++ and the
+"zero-shot init" baselines of the CoOp papers) makes the round-0 predictor
+exactly zero-shot CLIP and keeps few-label rounds from collapsing; the
+``text_anchor`` penalty pulls the weights back towards that start.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..base import TEXT_FEATURES, AdaptContext, Learner, Predictor, TrainSet
+from ..registry import register_adaptation
+from .zeroshot import LinearPredictor
+
+
+@register_adaptation("linear_probe")
+class LinearProbe(Learner):
+    requires = frozenset({TEXT_FEATURES})
+
+    def __init__(self, init: str = "text", epochs: int = 200, lr: float = 0.1, weight_decay: float = 1e-4,
+                 text_anchor: float = 0.0, temperature: float = 0.01, pseudo_weight: float = 1.0):
+        if init not in ("text", "zeros"):
+            raise ValueError(f"linear_probe: init must be 'text' or 'zeros', got {init!r}")
+        for key, value in (("epochs", epochs), ("lr", lr), ("temperature", temperature)):
+            if value <= 0:
+                raise ValueError(f"linear_probe: {key} must be > 0, got {value}")
+        self.init, self.epochs, self.lr = init, int(epochs), float(lr)
+        self.weight_decay, self.text_anchor = float(weight_decay), float(text_anchor)
+        self.temperature, self.pseudo_weight = float(temperature), float(pseudo_weight)
+
+    def fit(self, train: TrainSet, ctx: AdaptContext, rng: np.random.Generator) -> Predictor:
+        import torch
+
+        dim = train.features.shape[1] if len(train.features) else ctx.text_features.shape[1]
+        if self.init == "text":
+            w0 = torch.as_tensor(np.asarray(ctx.text_features, dtype=np.float32))
+        else:
+            w0 = torch.zeros(ctx.num_classes, dim)
+        if len(train.labels) == 0:
+            return LinearPredictor(w0.numpy(), np.zeros(ctx.num_classes, np.float32), self.temperature)
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        weight = torch.nn.Parameter(w0.clone() + (0 if self.init == "text" else 0.01 * torch.randn(w0.shape, generator=gen)))
+        bias = torch.nn.Parameter(torch.zeros(ctx.num_classes))
+        x = torch.as_tensor(np.asarray(train.features, dtype=np.float32))
+        y = torch.as_tensor(train.labels, dtype=torch.long)
+        sample_w = torch.where(torch.as_tensor(train.is_pseudo), self.pseudo_weight, 1.0)
+        opt = torch.optim.AdamW([weight, bias], lr=self.lr, weight_decay=self.weight_decay)
+        for _ in range(self.epochs):
+            logits = (x @ weight.T + bias) / self.temperature
+            loss = (torch.nn.functional.cross_entropy(logits, y, reduction="none") * sample_w).sum() / sample_w.sum()
+            if self.text_anchor and self.init == "text":
+                loss = loss + self.text_anchor * (weight - w0).pow(2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return LinearPredictor(weight.detach().numpy(), bias.detach().numpy(), self.temperature)

@@ -1,0 +1,105 @@
+"""The contracts between the round loop and the plug-ins.
+
+Strategies and learners *declare* the inputs they need (``requires``); the
+loop computes only those, so a random baseline never pays for pool-wide
+probabilities and no strategy ever re-encodes the pool.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Inputs a plug-in can ask the loop for.
+POOL_FEATURES = "pool_features"  # cached image embeddings of the whole pool, (N, D)
+PROBS = "probs"  # current predictor's class probabilities over the pool, (N, C)
+TEXT_FEATURES = "text_features"  # class text embeddings (template ensemble), (C, D)
+EMBEDDINGS = "embeddings"  # the current predictor's penultimate embedding of the pool, (N, E)
+IMAGES = "images"  # an image source to re-read pixels (visual prompt methods only)
+BLACKBOX = "blackbox"  # a handle that answers output distributions only (VALIANT)
+KNOWN_INPUTS = frozenset({POOL_FEATURES, PROBS, TEXT_FEATURES, EMBEDDINGS, IMAGES, BLACKBOX})
+
+
+@dataclass
+class SelectionContext:
+    """What a strategy may look at in one round. Fields not declared in ``requires`` are None."""
+
+    round: int
+    num_classes: int
+    unlabelled: np.ndarray  # pool row ids still unlabelled
+    labelled: np.ndarray  # pool row ids labelled so far (queried or pseudo)
+    labelled_targets: np.ndarray  # their labels (true or pseudo)
+    pool_features: np.ndarray | None = None
+    probs: np.ndarray | None = None
+    text_features: np.ndarray | None = None
+    embeddings: np.ndarray | None = None
+    extras: dict = field(default_factory=dict)
+
+
+@dataclass
+class Selection:
+    """Rows to send to the oracle, plus rows the strategy labels itself for free."""
+
+    indices: np.ndarray
+    pseudo_labels: dict[int, int] = field(default_factory=dict)
+
+
+class AcquisitionStrategy(ABC):
+    """Who to label next."""
+
+    name: str = "?"
+    requires: frozenset[str] = frozenset()
+
+    @abstractmethod
+    def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
+        ...
+
+
+@dataclass
+class TrainSet:
+    features: np.ndarray  # (n, D) cached image features of the labelled rows
+    labels: np.ndarray  # (n,) class ids (true for queried rows, assigned for pseudo rows)
+    is_pseudo: np.ndarray  # (n,) bool
+
+
+@dataclass
+class AdaptContext:
+    num_classes: int
+    round: int
+    text_features: np.ndarray | None  # (C, D) class text embeddings
+    device: str = "cpu"
+
+
+class Predictor(ABC):
+    """A fitted model over cached features. Its state is plain arrays, so a round checkpoint can hold it."""
+
+    @abstractmethod
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        ...
+
+    def embed(self, features: np.ndarray) -> np.ndarray:
+        """Penultimate embedding; for a head on frozen features that is the features themselves."""
+        return np.asarray(features, dtype=np.float32)
+
+    @abstractmethod
+    def state(self) -> dict[str, np.ndarray]:
+        ...
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, state: dict[str, np.ndarray]) -> "Predictor":
+        ...
+
+
+class Learner(ABC):
+    """How the frozen model is adapted after each round."""
+
+    name: str = "?"
+    requires: frozenset[str] = frozenset()
+    num_gpus: float = 0.0  # a learner that trains inside the image path asks for a GPU
+
+    @abstractmethod
+    def fit(self, train: TrainSet, ctx: AdaptContext, rng: np.random.Generator) -> Predictor:
+        ...

@@ -1,0 +1,102 @@
+"""Plug-ins register themselves by name; unknown names list the known ones.
+
+A registry maps a name to a class whose constructor takes the method's
+options as keyword arguments. Options are validated at construction, so a
+typo in a sweep config fails before any trial starts, with the accepted
+options and the closest match.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, type[T]] = {}
+
+    def register(self, name: str) -> Callable[[type[T]], type[T]]:
+        def deco(cls: type[T]) -> type[T]:
+            if name in self._items and self._items[name] is not cls:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            cls.name = name
+            self._items[name] = cls
+            return cls
+        return deco
+
+    def names(self) -> list[str]:
+        _load_builtin_plugins()
+        return sorted(self._items)
+
+    def get(self, name: str) -> type[T]:
+        _load_builtin_plugins()
+        if name not in self._items:
+            close = difflib.get_close_matches(name, self._items, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise KeyError(f"unknown {self.kind} {name!r}{hint}; known: {', '.join(sorted(self._items))}")
+        return self._items[name]
+
+    def create(self, name: str, **options) -> T:
+        cls = self.get(name)
+        accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            hints = {u: difflib.get_close_matches(u, accepted, n=1) for u in unknown}
+            said = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for u, h in hints.items())
+            raise ValueError(f"{self.kind} {name!r} got unknown option(s) {said}; accepted: {accepted or 'none'}")
+        return cls(**options)
+
+
+ACQUISITIONS: Registry = Registry("acquisition strategy")
+ADAPTATIONS: Registry = Registry("adaptation learner")
+
+
+def register_acquisition(name: str):
+    return ACQUISITIONS.register(name)
+
+
+def register_adaptation(name: str):
+    return ADAPTATIONS.register(name)
+
+
+_LOADED = False
+
+
+def _load_builtin_plugins() -> None:
+    """Import the shipped plug-in modules once (their decorators fill the registries)."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        from . import acquisition, adaptation  # noqa: F401
+
+
+def load_plugins(modules: tuple[str, ...] | list[str]) -> None:
+    """Import user plug-in modules (dotted names or ``.py`` paths) so their decorators register them.
+
+    Called by the driver and again inside every Ray task, because a worker
+    process starts with only the built-in plug-ins registered.
+    """
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    for module in modules:
+        if module.endswith(".py"):
+            path = Path(module).expanduser().resolve()
+            name = f"alvlm_plugin_{path.stem}_{abs(hash(str(path))) & 0xFFFFFF:x}"
+            if name in sys.modules:
+                continue
+            if not path.is_file():
+                raise FileNotFoundError(f"plug-in file {path} does not exist")
+            spec = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            spec.loader.exec_module(mod)
+        else:
+            importlib.import_module(module)

@@ -1,0 +1,255 @@
+"""Sweep configuration: a YAML file plus ``--set key=value`` overrides, validated strictly.
+
+Unknown keys are errors with a suggestion (``"round"`` -> did you mean
+``"rounds"``?), method and dataset names are checked against the registries
+before Ray starts, and every trial's resolved config is hashed canonically so
+that the hash identifies the trial on disk and in MLflow.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .budget import BudgetSchedule
+
+ColdStart = Literal["none", "random", "method"]
+
+
+class ConfigError(ValueError):
+    """A sweep config that cannot run; the message names the key and the fix."""
+
+
+class MethodConfig(BaseModel):
+    """A named combination of an acquisition strategy and an adaptation learner."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    acquisition: str
+    adaptation: str
+    acquisition_options: dict[str, Any] = Field(default_factory=dict)
+    adaptation_options: dict[str, Any] = Field(default_factory=dict)
+    cold_start: ColdStart | None = None  # None: the sweep's default
+
+    @classmethod
+    def parse(cls, item: str | dict) -> "MethodConfig":
+        """``"entropy+linear_probe"`` or a dict with explicit parts and options."""
+        if isinstance(item, str):
+            if item.count("+") != 1:
+                raise ConfigError(f"method {item!r} must be written ACQUISITION+ADAPTATION, e.g. entropy+linear_probe")
+            acq, ada = item.split("+")
+            return cls(name=item, acquisition=acq, adaptation=ada)
+        item = dict(item)
+        item.setdefault("name", f"{item.get('acquisition')}+{item.get('adaptation')}")
+        return cls(**item)
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cpu: float = Field(0.9, gt=0, description="CPUs for a trial's select/adapt tasks")
+    gpu: float = Field(0.0, ge=0, description="GPUs (fractions allowed) for a trial's tasks")
+    driver_cpu: float = Field(0.1, gt=0, description="CPU held by the trial process itself")
+
+
+class Tracking(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    uri: str | None = None  # default: sqlite:///<workdir>/mlflow.db
+    experiment: str | None = None  # default: the sweep name
+
+
+class SweepConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "default"
+    encoder: str = "tiny-clip"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    datasets: list[str]
+    dataset_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    protocol: str = "default"
+    pool_split: str = "train"
+    test_split: str = "test"
+    methods: list[MethodConfig]
+    plugins: list[str] = Field(default_factory=list, description="modules or .py files that register plug-ins")
+    budgets: dict[str, BudgetSchedule]
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    rounds: int = Field(5, ge=1)
+    cold_start: ColdStart = "none"
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrent: int | None = Field(None, ge=1)
+    retries: int = Field(1, ge=0)
+    workdir: str = "runs"
+    cache: str | None = None
+    tracking: Tracking = Field(default_factory=Tracking)
+    address: str | None = None
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _parse_methods(cls, items):
+        if not items:
+            raise ValueError("at least one method is needed, e.g. random+zeroshot")
+        return [MethodConfig.parse(m) if not isinstance(m, MethodConfig) else m for m in items]
+
+    @field_validator("datasets", "seeds")
+    @classmethod
+    def _non_empty(cls, items):
+        if not items:
+            raise ValueError("must not be empty")
+        if len(set(map(str, items))) != len(items):
+            raise ValueError(f"has duplicates: {items}")
+        return items
+
+    @field_validator("budgets")
+    @classmethod
+    def _budgets(cls, budgets):
+        if not budgets:
+            raise ValueError("at least one budget schedule is needed, e.g. {per_class_1: {kind: per_class, multiple: 1}}")
+        return budgets
+
+    # ------------------------------------------------------------- derived
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir).expanduser().resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{self.workdir_path / 'mlflow.db'}"
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def trials(self) -> list[dict]:
+        """The grid, one resolved config per trial, each with its ``config_hash``."""
+        out = []
+        for dataset, method, (budget_name, budget), seed in itertools.product(
+                self.datasets, self.methods, self.budgets.items(), self.seeds):
+            trial = {
+                "dataset": dataset,
+                "dataset_options": self.dataset_options.get(dataset, {}),
+                "method": method.model_dump(),
+                "cold_start": method.cold_start or self.cold_start,
+                "budget_name": budget_name,
+                "budget": budget.model_dump(),
+                "seed": seed,
+                "rounds": self.rounds,
+                "encoder": self.encoder,
+                "precision": self.precision,
+                "protocol": self.protocol,
+                "pool_split": self.pool_split,
+                "test_split": self.test_split,
+                "plugins": list(self.plugins),
+            }
+            trial["config_hash"] = config_hash(trial)
+            out.append(trial)
+        return out
+
+
+def config_hash(trial: dict) -> str:
+    """Canonical-JSON hash of a resolved trial config: the trial's identity everywhere."""
+    payload = {k: v for k, v in trial.items() if k != "config_hash"}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------- loading
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``--set a.b=value``: VALUE is parsed as YAML (numbers, lists, dicts, strings)."""
+    raw = json.loads(json.dumps(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {p!r} is not a mapping")
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def _explain(exc: ValidationError, model: type[BaseModel]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(model, err["loc"][:-1])
+            fields = list(owner.model_fields) if owner else []
+            close = difflib.get_close_matches(str(err["loc"][-1]), fields, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            lines.append(f"unknown key {loc!r}: {hint}known keys here: {', '.join(fields)}")
+        else:
+            lines.append(f"{loc or 'config'}: {err['msg']}")
+    return "invalid sweep config:\n  " + "\n  ".join(lines)
+
+
+def _model_at(model: type[BaseModel], loc) -> type[BaseModel] | None:
+    current = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(str(part)) if current else None
+        if field is None:
+            return current if not loc else None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ()) or ()
+        candidates = [ann, *args]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return current
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, default: Path | None = None) -> SweepConfig:
+    path = Path(path) if path else default
+    if path is None or not Path(path).is_file():
+        raise ConfigError(f"sweep config not found: {path}")
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a sweep config is a YAML mapping")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        config = SweepConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, SweepConfig)) from None
+    validate_names(config)
+    return config
+
+
+def validate_names(config: SweepConfig) -> None:
+    """Check datasets, strategies, learners and their options before any trial starts."""
+    from datasets.registry import get_card
+    from methods.registry import ACQUISITIONS, ADAPTATIONS, load_plugins
+
+    errors = []
+    try:
+        load_plugins(config.plugins)
+    except Exception as exc:  # an import error in user code: report it, do not start Ray
+        raise ConfigError(f"could not load plug-ins {config.plugins}: {type(exc).__name__}: {exc}") from exc
+    for name in config.datasets:
+        try:
+            card = get_card(name)
+            if config.pool_split not in card.splits or config.test_split not in card.splits:
+                errors.append(f"dataset {name!r} has splits {sorted(card.splits)}; set pool_split/test_split")
+        except KeyError as exc:
+            errors.append(str(exc.args[0]))
+    for method in config.methods:
+        for registry, part, opts in ((ACQUISITIONS, method.acquisition, method.acquisition_options),
+                                     (ADAPTATIONS, method.adaptation, method.adaptation_options)):
+            try:
+                registry.create(part, **opts)
+            except (KeyError, ValueError, TypeError) as exc:
+                errors.append(f"method {method.name!r}: {exc.args[0] if exc.args else exc}")
+    if errors:
+        raise ConfigError("invalid sweep config:\n  " + "\n  ".join(errors))

@@ -1,0 +1,228 @@
+"""The sweep: embed once, then fan the method x dataset x budget x seed grid out with Ray Tune.
+
+Order of work in :func:`run_sweep`:
+
+1. validate the config (names, options, budgets against pool sizes) before Ray starts;
+2. embed every dataset's pool and test split with Ray Data, outside Tune (Ray
+   Data inside trials would compete with them for CPUs);
+3. put each dataset's arrays in the object store once; trials and their tasks
+   receive references;
+4. reconcile MLflow with the on-disk trial store (rounds a killed driver never
+   logged are logged now), skip finished trials, resume unfinished ones;
+5. run the remaining trials with Tune (FailureConfig retries; a failing
+   trial is marked FAILED in MLflow and the others go on).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import SweepConfig
+from .loop import ActiveLearningRun, RoundState, TrialData
+from .trial_store import TrialStore
+
+
+@dataclass
+class SweepOutcome:
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str
+    trials: int
+    skipped: int
+    resumed: int
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    mlflow_log_seconds: list[float] = field(default_factory=list)
+
+
+def metric_for(card) -> str:
+    return "auc" if card.metric == "auc" else "top1"
+
+
+def prepare_data(config: SweepConfig) -> dict[str, dict]:
+    """Embed (or reuse) every split the sweep needs and put the arrays in the object store once."""
+    import ray
+
+    from datasets.registry import get_card
+
+    from .features import DEFAULT_CACHE, EmbedOptions, embed_class_texts, embed_splits
+    from .zeroshot import class_embeddings
+
+    cache = Path(config.cache).expanduser() if config.cache else DEFAULT_CACHE
+    refs: dict[str, dict] = {}
+    by_options: dict[str, list[str]] = {}
+    for name in config.datasets:
+        key = repr(sorted(config.dataset_options.get(name, {}).items()))
+        by_options.setdefault(key, []).append(name)
+    for names in by_options.values():
+        opts = config.dataset_options.get(names[0], {})
+        requests = [(n, s) for n in names for s in (config.pool_split, config.test_split)]
+        cached = embed_splits(requests, config.encoder, cache, EmbedOptions(), source_options=opts,
+                              address=config.address)
+        for n in names:
+            card = get_card(n)
+            pool, test = cached[(n, config.pool_split)], cached[(n, config.test_split)]
+            text = embed_class_texts(n, config.encoder, cache, config.protocol, config.address)
+            _check_features(n, pool.features, test.features)
+            refs[n] = {
+                "pool_features": ray.put(np.asarray(pool.features, dtype=np.float32)),
+                "pool_labels": ray.put(np.asarray(pool.labels)),
+                "test_features": ray.put(np.asarray(test.features, dtype=np.float32)),
+                "test_labels": ray.put(np.asarray(test.labels)),
+                "text_features": ray.put(class_embeddings(text["embeddings"])),
+                "task": card.task, "num_classes": card.num_classes, "metric": metric_for(card),
+                "pool_size": len(pool),
+            }
+    return refs
+
+
+def _check_features(name: str, *arrays) -> None:
+    for a in arrays:
+        if len(a) == 0:
+            raise ValueError(f"{name}: a split has no embedded images; check the dataset")
+        finite = np.isfinite(np.asarray(a[: min(len(a), 100_000)], dtype=np.float32)).all()
+        if not finite:
+            raise ValueError(f"{name}: cached features contain NaN or inf; delete the cache directory and re-embed "
+                             "(check the encoder's precision setting)")
+
+
+def build_run(trial: dict, data: dict, remote: bool = True, num_cpus: float = 1.0, num_gpus: float = 0.0):
+    from pydantic import TypeAdapter
+
+    from .budget import BudgetSchedule
+
+    schedule = TypeAdapter(BudgetSchedule).validate_python(trial["budget"])
+    method = trial["method"]
+    return ActiveLearningRun(
+        acquisition=(method["acquisition"], method["acquisition_options"]),
+        adaptation=(method["adaptation"], method["adaptation_options"]),
+        schedule=schedule, rounds_total=trial["rounds"], seed=trial["seed"],
+        data=TrialData(**{k: data[k] for k in ("pool_features", "pool_labels", "test_features", "test_labels",
+                                               "text_features", "task", "num_classes", "metric")}),
+        cold_start=trial["cold_start"], remote=remote, num_cpus=num_cpus, num_gpus=num_gpus,
+        plugins=tuple(trial.get("plugins", ())),
+    )
+
+
+def trial_function(config: dict, data_refs: dict) -> None:
+    """One Tune trial = one active-learning run, resumed from the newest checkpoint available."""
+    import tempfile
+
+    from ray import tune
+
+    trial = config["trial"]
+    store = TrialStore(config["store_root"])
+    run = build_run(trial, data_refs[trial["dataset"]], num_cpus=config["task_cpu"], num_gpus=config["task_gpu"])
+    resume = _newest(_from_tune_checkpoint(tune.get_checkpoint()), store.load(trial["config_hash"]))
+    if resume is not None and resume.finished:
+        return
+    persist_prev = 0.0  # seconds the previous round spent on checkpoint + report (orchestration overhead)
+    for state, metrics, queried in run.rounds(resume):
+        t0 = time.perf_counter()
+        store.save(trial["config_hash"], state)
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "round-state.npz").write_bytes(state.to_bytes())
+            tune.report({"round": state.round, "al": metrics, "queried": queried, "persist_seconds_prev": persist_prev},
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
+        persist_prev = time.perf_counter() - t0
+
+
+def _from_tune_checkpoint(checkpoint) -> RoundState | None:
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        return RoundState.from_bytes(Path(d, "round-state.npz").read_bytes())
+
+
+def _newest(*states: RoundState | None) -> RoundState | None:
+    present = [s for s in states if s is not None]
+    return max(present, key=lambda s: s.round) if present else None
+
+
+def reconcile(tracker, store: TrialStore, trials: list[dict], parent_run_id: str) -> tuple[set[str], set[str]]:
+    """Bring MLflow up to date with the trial store; return (finished, resumable) hashes."""
+    finished, resumable = set(), set()
+    for trial in trials:
+        state = store.load(trial["config_hash"])
+        if state is None:
+            continue
+        for r, metrics in enumerate(state.history):
+            if r > tracker.last_round(trial["config_hash"]):
+                tracker.log_round(trial, metrics, state.selections[r] if r < len(state.selections) else None,
+                                  parent_run_id)
+        if state.finished:
+            if not tracker.finished(trial["config_hash"]):
+                tracker.finish(trial)
+            finished.add(trial["config_hash"])
+        else:
+            resumable.add(trial["config_hash"])
+    return finished, resumable
+
+
+def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = None) -> SweepOutcome:
+    from ray import tune
+
+    from .ray_runtime import ensure_ray
+    from .tracking import MLflowTuneCallback, TrialTracker
+
+    t0 = time.time()
+    workdir = config.workdir_path
+    workdir.mkdir(parents=True, exist_ok=True)
+    ensure_ray(config.address)
+    _say(console, f"embedding {len(config.datasets)} dataset(s) with {config.encoder} (cached after the first run)")
+    t_embed = time.time()
+    data = prepare_data(config)
+    embed_seconds = time.time() - t_embed
+
+    trials = config.trials()
+    for trial in trials:
+        trial["metric"] = data[trial["dataset"]]["metric"]
+        build_run(trial, {**data[trial["dataset"]]}, remote=False)  # budget vs pool checks, before Tune starts
+    tracker = TrialTracker(config.tracking_uri, config.experiment)
+    parent = tracker.start_sweep(config.name, config.model_dump(mode="json"))
+    store = TrialStore(workdir / "trials")
+    finished, resumable = reconcile(tracker, store, trials, parent)
+    pending = [t for t in trials if t["config_hash"] not in finished]
+    _say(console, f"{len(trials)} trials: {len(finished)} already finished, {len(resumable)} to resume, "
+                  f"{len(pending) - len(resumable)} new")
+    callback = MLflowTuneCallback(tracker, parent)
+    failed: list[str] = []
+    if pending:
+        bundles = [{"CPU": config.resources.driver_cpu},
+                   {"CPU": config.resources.cpu, **({"GPU": config.resources.gpu} if config.resources.gpu else {})}]
+        trainable = tune.with_resources(tune.with_parameters(trial_function, data_refs=data),
+                                        tune.PlacementGroupFactory(bundles))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(pending), "store_root": str(store.root),
+                         "task_cpu": config.resources.cpu, "task_gpu": config.resources.gpu},
+            tune_config=tune.TuneConfig(max_concurrent_trials=config.max_concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                storage_path=str(_storage_path(config)),
+                callbacks=[callback, *(extra_callbacks or [])],
+                failure_config=tune.FailureConfig(max_failures=config.retries),
+                verbose=0,
+            ),
+        )
+        grid = tuner.fit()
+        failed = [r.config["trial"]["config_hash"] for r in grid if r.error is not None]
+    tracker.client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
+    return SweepOutcome(config.experiment, config.tracking_uri, parent, len(trials), len(finished),
+                        len(resumable), failed, time.time() - t0, embed_seconds, callback.log_seconds)
+
+
+def _storage_path(config: SweepConfig) -> Path:
+    import os
+
+    return Path(os.environ.get("ALVLM_STORAGE_PATH", config.workdir_path / "ray_results")).expanduser()
+
+
+def _say(console, message: str) -> None:
+    if console is not None:
+        console.print(f"[bold]sweep[/bold] {message}")

@@ -1,0 +1,168 @@
+"""MLflow tracking, written only from the sweep driver.
+
+Trials never talk to MLflow: the Tune driver receives every round's result
+and logs it here. One writer means SQLite never locks up, workers need no
+access to the tracking server, and idempotence is easy: a run is found by its
+config-hash tag, and a round is logged only if it is newer than the run's
+last logged round, so resumed sweeps neither duplicate nor lose anything.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from pathlib import Path
+
+from ray.tune import Callback
+
+ROLE, HASH, ERROR = "alvlm.role", "alvlm.config_hash", "alvlm.error"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def trial_params(trial: dict) -> dict[str, str]:
+    method = trial["method"]
+    return {
+        "method": method["name"], "acquisition": method["acquisition"], "adaptation": method["adaptation"],
+        "dataset": trial["dataset"], "budget": trial["budget_name"], "seed": str(trial["seed"]),
+        "encoder": trial["encoder"], "config_hash": trial["config_hash"], "rounds": str(trial["rounds"]),
+        "cold_start": trial["cold_start"], "metric": trial.get("metric", "top1"), "git_revision": git_revision(),
+    }
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Keep a SQLite store's artifacts beside its database (MLflow would use ./mlruns of the CWD)."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
+    return None  # a tracking server decides
+
+
+class TrialTracker:
+    """Find-or-create one MLflow child run per trial and log its rounds exactly once."""
+
+    def __init__(self, tracking_uri: str, experiment: str):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri)
+        self.tracking_uri = tracking_uri
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            experiment, artifact_location=artifact_location(tracking_uri, experiment))
+        self._runs: dict[str, str] = {}
+        self._last_round: dict[str, int] = {}
+        self._status: dict[str, str] = {}
+        for run in self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'trial'", max_results=50000):
+            h = run.data.tags.get(HASH)
+            if h and h not in self._runs:
+                self._runs[h] = run.info.run_id
+                self._last_round[h] = int(run.data.metrics.get("round", -1))
+                self._status[h] = run.info.status
+
+    def start_sweep(self, name: str, config: dict) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                                     tags={ROLE: "sweep", "alvlm.sweep": name})
+        self.client.log_dict(run.info.run_id, config, "sweep-config.json")
+        return run.info.run_id
+
+    def finished(self, config_hash: str) -> bool:
+        return self._status.get(config_hash) == "FINISHED"
+
+    def last_round(self, config_hash: str) -> int:
+        return self._last_round.get(config_hash, -1)
+
+    def run_for(self, trial: dict, parent_run_id: str | None) -> str:
+        h = trial["config_hash"]
+        if h in self._runs:
+            if self._status.get(h) != "RUNNING":
+                self.client.update_run(self._runs[h], status="RUNNING")
+                self._status[h] = "RUNNING"
+            return self._runs[h]
+        tags = {ROLE: "trial", HASH: h}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        name = f"{trial['method']['name']} | {trial['dataset']} | {trial['budget_name']} | seed {trial['seed']}"
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in trial_params(trial).items()])
+        self.client.log_dict(run_id, trial, "config.json")
+        self._runs[h], self._last_round[h], self._status[h] = run_id, -1, "RUNNING"
+        return run_id
+
+    def log_round(self, trial: dict, metrics: dict, selected: list[int] | None, parent_run_id: str | None) -> bool:
+        """Log one round's metrics (step = round) unless that round is already logged."""
+        from mlflow.entities import Metric
+
+        h = trial["config_hash"]
+        run_id = self.run_for(trial, parent_run_id)
+        r = int(metrics["round"])
+        if r <= self._last_round.get(h, -1):
+            return False
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, r) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(float(v))]
+        for start in range(0, len(batch), 900):  # MLflow's batch limit is 1000 metrics
+            self.client.log_batch(run_id, metrics=batch[start: start + 900])
+        if selected is not None and r > 0:
+            self.client.log_dict(run_id, {"round": r, "queried": list(map(int, selected))},
+                                 f"selections/round_{r:03d}.json")
+        self._last_round[h] = r
+        return True
+
+    def finish(self, trial: dict) -> None:
+        h = trial["config_hash"]
+        self.client.set_terminated(self._runs[h], status="FINISHED")
+        self._status[h] = "FINISHED"
+
+    def fail(self, trial: dict, message: str, parent_run_id: str | None = None) -> None:
+        run_id = self.run_for(trial, parent_run_id)
+        self.client.set_tag(run_id, ERROR, message[-4900:])
+        self.client.set_terminated(run_id, status="FAILED")
+        self._status[trial["config_hash"]] = "FAILED"
+
+
+class MLflowTuneCallback(Callback):
+    """Bridges Tune's driver-side events to :class:`TrialTracker`."""
+
+    def __init__(self, tracker: TrialTracker, parent_run_id: str):
+        self.tracker = tracker
+        self.parent_run_id = parent_run_id
+        self.log_seconds: list[float] = []
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.tracker.run_for(trial.config["trial"], self.parent_run_id)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "al" not in result:
+            return
+        t0 = time.perf_counter()
+        self.tracker.log_round(trial.config["trial"], result["al"], result.get("queried"), self.parent_run_id)
+        self.log_seconds.append(time.perf_counter() - t0)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.finish(trial.config["trial"])
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.tracker.fail(trial.config["trial"], _error_text(trial), self.parent_run_id)
+
+
+def _error_text(trial) -> str:
+    for attr in ("error_msg", "error_file"):
+        value = getattr(trial, attr, None)
+        if value:
+            path = Path(str(value))
+            if attr == "error_file" and path.exists():
+                return path.read_text()
+            return str(value)
+    return "trial failed (see the Tune logs)"

@@ -1,0 +1,176 @@
+"""A real mini-sweep: real Ray Tune trials, real MLflow on SQLite, the report read back from MLflow."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from orchestrator.config import ConfigError, load_config
+from tests.conftest import ROOT
+
+SIZES = {"sizes": {"train": 300, "test": 100}}
+FAILING_PLUGIN = '''
+from methods.base import Learner
+from methods.registry import register_adaptation
+
+@register_adaptation("explodes")
+class Explodes(Learner):
+    def fit(self, train, ctx, rng):
+        raise RuntimeError("learner exploded on purpose")
+'''
+
+
+def _config(tmp_path, cache, name="mini", **extra) -> dict:
+    cfg = {
+        "name": name,
+        "datasets": ["synth-shapes", "synth-lesions"],
+        "dataset_options": {"synth-shapes": SIZES, "synth-lesions": SIZES},
+        "methods": ["random+linear_probe", "entropy+zeroshot"],
+        "budgets": {"b1": {"kind": "per_class", "multiple": 1}},
+        "seeds": [0, 1],
+        "rounds": 2,
+        "workdir": str(tmp_path / name),
+        "cache": str(cache),
+        "retries": 0,
+    }
+    cfg.update(extra)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _trial_runs(uri, experiment):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return client, [r for r in runs if r.data.tags.get("alvlm.role") == "trial"], \
+        [r for r in runs if r.data.tags.get("alvlm.role") == "sweep"]
+
+
+def test_mini_sweep_logs_every_round_and_the_report_matches_mlflow(ray_cluster, tmp_path, session_cache):
+    from orchestrator.report import comparison_tables, load_trials
+    from orchestrator.sweep import run_sweep
+
+    config = load_config(_config(tmp_path, session_cache))
+    outcome = run_sweep(config)
+    assert outcome.trials == 8 and not outcome.failed
+
+    client, trials, sweeps = _trial_runs(config.tracking_uri, "mini")
+    assert len(trials) == 8 and len(sweeps) == 1
+    assert {r.info.status for r in trials} == {"FINISHED"}
+    for run in trials:
+        params = run.data.params
+        for key in ("method", "dataset", "budget", "seed", "encoder", "config_hash", "git_revision"):
+            assert params[key]
+        metric = params["metric"]
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert sorted(m.step for m in history) == [0, 1, 2]
+        spent = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "labels_spent")}
+        classes = 10 if params["dataset"] == "synth-shapes" else 2
+        assert spent == {0: 0, 1: classes, 2: 2 * classes}
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "selections")] == \
+            ["selections/round_001.json", "selections/round_002.json"]
+
+    df = load_trials(config.tracking_uri, "mini")
+    tables = comparison_tables(df)
+    table = tables["dataset__synth-shapes__b1"]
+    values = [client.get_metric_history(r.info.run_id, "top1") for r in trials
+              if r.data.params["dataset"] == "synth-shapes" and r.data.params["method"] == "random+linear_probe"]
+    final = [next(m.value for m in h if m.step == 2) for h in values]
+    mean = table.attrs["mean"].loc["random+linear_probe"].iloc[-1]
+    assert mean == pytest.approx(100 * np.mean(final), abs=1e-6)
+
+    # Re-running the same sweep skips every finished trial and creates no duplicate runs.
+    again = run_sweep(config)
+    assert again.skipped == 8
+    _, trials_after, sweeps_after = _trial_runs(config.tracking_uri, "mini")
+    assert len(trials_after) == 8 and len(sweeps_after) == 2
+
+
+def test_a_failing_learner_is_marked_failed_and_the_sweep_goes_on(ray_cluster, tmp_path, session_cache):
+    from orchestrator.sweep import run_sweep
+
+    plugin = tmp_path / "explodes.py"
+    plugin.write_text(FAILING_PLUGIN)
+    path = _config(tmp_path, session_cache, name="failing", datasets=["synth-shapes"], seeds=[0],
+                   methods=["random+explodes", "random+zeroshot"], plugins=[str(plugin)])
+    config = load_config(path)
+    outcome = run_sweep(config)
+    assert len(outcome.failed) == 1
+    _, trials, _ = _trial_runs(config.tracking_uri, "failing")
+    status = {r.data.params["method"]: r for r in trials}
+    assert status["random+zeroshot"].info.status == "FINISHED"
+    assert status["random+explodes"].info.status == "FAILED"
+    assert "learner exploded on purpose" in status["random+explodes"].data.tags["alvlm.error"]
+
+
+def test_config_errors_are_caught_before_ray_starts(tmp_path, session_cache):
+    with pytest.raises(ConfigError, match="unknown key 'round'.*did you mean 'rounds'"):
+        load_config(_config(tmp_path, session_cache, round=3))
+    with pytest.raises(ConfigError, match="unknown dataset 'synth-shape'.*synth-shapes"):
+        load_config(_config(tmp_path, session_cache, datasets=["synth-shape"]))
+    with pytest.raises(ConfigError, match="unknown acquisition strategy 'entrop'"):
+        load_config(_config(tmp_path, session_cache, methods=["entrop+zeroshot"]))
+    with pytest.raises(ConfigError, match="budgets"):
+        load_config(_config(tmp_path, session_cache, budgets={"b": {"kind": "per_round", "count": 0}}))
+    cfg = load_config(_config(tmp_path, session_cache), ["seeds=[3]", "rounds=4", "resources.cpu=0.5"])
+    assert cfg.seeds == [3] and cfg.rounds == 4 and cfg.resources.cpu == 0.5
+    hashes = {t["config_hash"] for t in cfg.trials()}
+    assert len(hashes) == len(cfg.trials()) == 4
+
+
+def test_budget_larger_than_the_pool_is_reported_by_the_cli(tmp_path, session_cache):
+    path = _config(tmp_path, session_cache, name="toolarge", datasets=["synth-shapes"], seeds=[0],
+                   methods=["random+zeroshot"], budgets={"huge": {"kind": "per_round", "count": 500}})
+    out = subprocess.run([sys.executable, "experiments/sweep.py", str(path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2
+    assert "pool has only 300 images" in out.stderr
+
+
+def _metrics_by_hash(uri, experiment):
+    client, trials, _ = _trial_runs(uri, experiment)
+    out = {}
+    for run in trials:
+        out[run.data.tags["alvlm.config_hash"]] = {
+            key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            for key in ("top1", "auc", "labels_spent", "macro_f1")
+        }
+    return out, trials
+
+
+def test_sigkilled_sweep_resumes_to_identical_metrics_without_duplicates(tmp_path, session_cache):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    base = dict(datasets=["synth-shapes"], methods=["entropy+linear_probe", "margin+linear_probe"],
+                seeds=[0, 1, 2], rounds=3, max_concurrent=1)
+    killed_cfg = _config(tmp_path, session_cache, name="killed", **base)
+    command = [sys.executable, "experiments/sweep.py", str(killed_cfg), "--no-report"]
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    trials_dir = tmp_path / "killed" / "trials"
+    deadline = time.time() + 400
+    while time.time() < deadline and len(list(trials_dir.glob("*/round-state.npz"))) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+    proc.wait()
+    assert len(list(trials_dir.glob("*/round-state.npz"))) < 6, "the sweep finished before it could be killed"
+
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    reference_cfg = _config(tmp_path, session_cache, name="uninterrupted", **base)
+    subprocess.run([sys.executable, "experiments/sweep.py", str(reference_cfg), "--no-report"], cwd=ROOT, env=env,
+                   check=True, capture_output=True, timeout=600)
+
+    killed, killed_runs = _metrics_by_hash(f"sqlite:///{tmp_path / 'killed' / 'mlflow.db'}", "killed")
+    reference, _ = _metrics_by_hash(f"sqlite:///{tmp_path / 'uninterrupted' / 'mlflow.db'}", "uninterrupted")
+    assert len(killed_runs) == 6 and {r.info.status for r in killed_runs} == {"FINISHED"}
+    assert killed.keys() == reference.keys()
+    for h in reference:
+        np.testing.assert_equal(killed[h], reference[h])
+        assert [s for s, _ in killed[h]["top1"]] == [0, 1, 2, 3]  # every round once: no duplicate, none lost
