@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-size", type=int, default=1000)
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="skip training: evaluate the checkpoint at --out and rewrite its .json summary")
     args = ap.parse_args(argv)
 
     import open_clip
@@ -102,6 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     register_model_configs()
+    if args.evaluate_only:
+        model = open_clip.create_model(TINY_CLIP_MODEL, pretrained=str(args.out))
+        previous = json.loads(args.out.with_suffix(".json").read_text()) if args.out.with_suffix(".json").exists() else {}
+        return _summarise(model, open_clip.get_tokenizer(TINY_CLIP_MODEL), args, previous.get("train_seconds"))
     t0 = time.time()
     images, captions = build_corpus(args.corpus_size, args.seed, workers=max(1, args.threads))
     print(f"corpus: {len(images)} pairs rendered in {time.time() - t0:.0f}s", flush=True)
@@ -143,13 +149,20 @@ def main(argv: list[str] | None = None) -> dict:
             if not progress.console.is_terminal and step % 200 == 0:
                 print(f"step {step}/{args.steps} loss {loss.item():.3f} {time.time() - t_train:.0f}s", flush=True)
     train_seconds = time.time() - t_train
-
-    report = zero_shot_report(model, tokenizer, mean, std, args.seed, args.eval_size)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), args.out)
+    return _summarise(model, tokenizer, args, round(train_seconds, 1))
+
+
+def _summarise(model, tokenizer, args, train_seconds) -> dict:
+    """Zero-shot figures of the checkpoint on every synthetic test split, written beside it as JSON."""
+    mean = torch.tensor(model.visual.preprocess_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(model.visual.preprocess_cfg["std"]).view(1, 3, 1, 1)
+    report = zero_shot_report(model, tokenizer, mean, std, args.seed, args.eval_size)
     summary = {
-        "checkpoint": str(args.out), "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,
-        "corpus_size": args.corpus_size, "train_seconds": round(train_seconds, 1),
+        "checkpoint": str(args.out.resolve().relative_to(ROOT)) if args.out.resolve().is_relative_to(ROOT) else str(args.out),
+        "seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,
+        "corpus_size": args.corpus_size, "threads": args.threads, "train_seconds": train_seconds,
         "size_mb": round(args.out.stat().st_size / 2**20, 2), "corpus_mix": CorpusMix().__dict__,
         "zero_shot_top1": {k: round(v["top1"], 4) for k, v in report.items()},
         "zero_shot_per_class_spread": {k: round(max(v["per_class"]) - min(v["per_class"]), 4) for k, v in report.items()},
@@ -158,7 +171,6 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return summary
-
 
 if __name__ == "__main__":
     main()

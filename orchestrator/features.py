@@ -156,43 +156,74 @@ def features_checksum(path: Path) -> str:
 # ---------------------------------------------------------------- Ray stages
 
 
-def _decode_batch(batch: dict, sources: list, transform) -> dict:
-    """CPU stage: pixels for each (job, index) row, with a decode error string instead of an exception."""
-    import torch
+def pixel_shape(transform) -> tuple[int, ...]:
+    """Shape of one transformed image, so a batch of only corrupt images still has the right shape."""
     from PIL import Image
 
+    return tuple(transform(Image.new("RGB", (64, 64))).shape)
+
+
+def _normalise_constants(transform):
+    """(mean, std) of the transform's Normalize step, or None if it has none."""
+    from torchvision.transforms import Normalize
+
+    for t in getattr(transform, "transforms", []):
+        if isinstance(t, Normalize):
+            return np.asarray(t.mean, np.float32).reshape(1, 3, 1, 1), np.asarray(t.std, np.float32).reshape(1, 3, 1, 1)
+    return None
+
+
+def transform_uint8_batch(images: np.ndarray, transform, shape: tuple[int, ...]) -> np.ndarray:
+    """Apply the encoder transform to an ``(n, H, W, 3)`` uint8 batch.
+
+    When the images already have the model's input size, PIL's resize and the
+    centre crop are identities, so the transform is exactly ``(x/255 - mean)/std``
+    and runs vectorised. The first image is checked against the PIL transform
+    every batch; any difference falls back to the per-image PIL path.
+    """
+    from PIL import Image
+
+    consts = _normalise_constants(transform)
+    if consts is not None and images.shape[1:3] == tuple(shape[1:]):
+        mean, std = consts
+        fast = (images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - mean) / std
+        reference = transform(Image.fromarray(images[0])).numpy()
+        if np.allclose(fast[0], reference, atol=1e-6):
+            return fast
+    return np.stack([transform(Image.fromarray(a)).numpy() for a in images])
+
+
+def _decode_batch(batch: dict, sources: list, transform, shape: tuple[int, ...]) -> dict:
+    """CPU stage: pixels for each (job, index) row, with a decode error string instead of an exception."""
     from datasets.sources.base import CorruptImageError
 
     jobs, indices = batch["data"][:, 0], batch["data"][:, 1]
-    images: list = [None] * len(indices)
+    pixels = np.zeros((len(indices), *shape), dtype=np.float32)
     errors = [""] * len(indices)
     for job in np.unique(jobs):
         rows = np.flatnonzero(jobs == job)
         source = sources[int(job)]
-        if hasattr(source, "render"):  # synthetic: render the whole group at once
-            for r, arr in zip(rows, source.render(indices[rows])):
-                images[r] = Image.fromarray(arr)
+        if hasattr(source, "render"):  # synthetic: render and transform the whole group at once
+            pixels[rows] = transform_uint8_batch(source.render(indices[rows]), transform, shape)
             continue
         for r in rows:
             try:
-                images[r] = source.load(int(indices[r]))
+                pixels[r] = transform(source.load(int(indices[r]))).numpy()
             except (CorruptImageError, OSError) as exc:
                 errors[r] = getattr(exc, "location", None) or f"{source.locate(int(indices[r]))}: {exc}"
-    tensors = [transform(img) if img is not None else None for img in images]
-    shape = next((t.shape for t in tensors if t is not None), (3, 1, 1))
-    zeros = torch.zeros(shape)
-    pixels = torch.stack([t if t is not None else zeros for t in tensors]).numpy()
     return {"job": jobs, "index": indices, "pixels": pixels, "error": np.asarray(errors, dtype=object)}
 
 
 class EmbedActor:
     """Holds one frozen encoder for its lifetime; Ray Data feeds it decoded batches."""
 
-    def __init__(self, spec: EncoderSpec, device: str | None = None):
-        from .encoders import FrozenEncoder
-
+    def __init__(self, spec: EncoderSpec, device: str | None = None, threads: int | None = None):
         import torch
 
+        from .encoders import FrozenEncoder
+
+        if threads:  # CPU actors: Ray pins one thread per requested CPU; the encoder may use the node's cores
+            torch.set_num_threads(threads)
         self.encoder = FrozenEncoder(spec, device)
         size = self.encoder.image_size
         self.dim = int(self.encoder.encode_images(torch.zeros(1, 3, size, size)).shape[1])
@@ -225,6 +256,8 @@ class EmbedOptions:
     batch_size: int = 256
     shard_size: int = 4096
     num_actors: int | None = None  # default: GPUs in the cluster, else 1 CPU actor
+    decode_cpus: float = 0.5  # a different request than the actors' keeps Ray Data from fusing the two stages
+    threads_per_actor: int | None = None  # CPU actors: default = node CPUs / actors
     on_corrupt: OnCorrupt = "fail"
     dtype: Literal["float32", "float16"] = "float32"
     device: str | None = None
@@ -301,7 +334,7 @@ def _run_pipeline(jobs: list[_Job], spec: EncoderSpec, options: EmbedOptions, ad
     import ray.data
     from ray.data import ActorPoolStrategy
 
-    from .ray_runtime import cluster_gpus, ensure_ray
+    from .ray_runtime import cluster_cpus, cluster_gpus, ensure_ray
 
     ensure_ray(address)
     gpus = cluster_gpus()
@@ -312,10 +345,13 @@ def _run_pipeline(jobs: list[_Job], spec: EncoderSpec, options: EmbedOptions, ad
     ])
     blocks = max(1, min(len(rows) // options.batch_size, 200))
     ds = ray.data.from_numpy(np.array_split(rows, blocks))
-    ds = ds.map_batches(_decode_batch, fn_kwargs={"sources": [j.source for j in jobs],
-                                                  "transform": build_preprocess(spec)},
-                        batch_size=options.batch_size, num_cpus=1)
-    ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"spec": spec, "device": options.device},
+    transform = build_preprocess(spec)
+    ds = ds.map_batches(_decode_batch, fn_kwargs={"sources": [j.source for j in jobs], "transform": transform,
+                                                  "shape": pixel_shape(transform)},
+                        batch_size=options.batch_size, num_cpus=options.decode_cpus)
+    threads = None if gpus >= 1 else (options.threads_per_actor or max(1, int(cluster_cpus() // actors)))
+    ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"spec": spec, "device": options.device,
+                                                           "threads": threads},
                         compute=ActorPoolStrategy(size=actors), batch_size=options.batch_size,
                         num_gpus=1 if gpus >= 1 else 0, num_cpus=1)
 

@@ -62,10 +62,10 @@ def test_caches_of_different_sources_or_preprocessing_never_mix(tmp_path):
 
 
 def test_text_embeddings_cover_every_class_and_template(ray_cluster, tmp_path):
-    text = embed_class_texts("synth-colored-shapes", "tiny-clip", tmp_path)
+    text = embed_class_texts("synth-patterned-shapes", "tiny-clip", tmp_path)
     assert text["embeddings"].shape == (3, 36, 128) and not text["reused"]
     assert np.allclose(np.linalg.norm(text["embeddings"], axis=-1), 1.0, atol=1e-5)
-    assert embed_class_texts("synth-colored-shapes", "tiny-clip", tmp_path)["reused"]
+    assert embed_class_texts("synth-patterned-shapes", "tiny-clip", tmp_path)["reused"]
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ def test_default_sizes_and_family_shape():
     sizes = {n: (len(open_split(n, "train")), len(open_split(n, "test"))) for n in FAMILY}
     assert all(tr >= 5000 and te >= 1000 for tr, te in sizes.values())
     assert get_card("synth-shapes").num_classes == 10
-    assert get_card("synth-colored-shapes").num_classes >= 30
+    assert get_card("synth-patterned-shapes").num_classes >= 30
     lesions = open_split("synth-lesions", "train")
     assert get_card("synth-lesions").metric == "auc" and 0.07 < lesions.labels.mean() < 0.13
     shapes = open_split("synth-shapes", "train")
@@ -40,10 +40,10 @@ def test_scans_are_grayscale_and_low_contrast():
 
 
 def test_cards_carry_templates_and_attributes():
-    card = get_card("synth-colored-shapes")
+    card = get_card("synth-patterned-shapes")
     assert all("{}" in t for t in card.prompts())
     assert set(card.attributes) == set(card.classes)
-    assert card.attributes["red circle"].confusion  # confusion-aware attributes exist
+    assert card.attributes["dotted circle"].confusion  # confusion-aware attributes exist
 
 
 def test_pretraining_corpus_does_not_overlap_benchmark_splits():

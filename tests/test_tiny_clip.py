@@ -8,7 +8,7 @@ from datasets.registry import get_card
 from orchestrator.features import embed_class_texts, embed_splits
 from orchestrator.zeroshot import accuracy_report, class_embeddings, zero_shot_probs
 
-SETS = ["synth-shapes", "synth-colored-shapes", "synth-scans", "synth-lesions"]
+SETS = ["synth-shapes", "synth-patterned-shapes", "synth-scans", "synth-lesions"]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def zero_shot(ray_cluster, session_cache):
 
 def test_coarse_and_fine_grained_bands(zero_shot):
     assert 0.40 <= zero_shot["synth-shapes"]["top1"] <= 0.85
-    assert 0.15 <= zero_shot["synth-colored-shapes"]["top1"] <= 0.60
+    assert 0.15 <= zero_shot["synth-patterned-shapes"]["top1"] <= 0.60
 
 
 def test_shifted_set_is_weak_but_above_chance(zero_shot):

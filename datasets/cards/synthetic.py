@@ -8,10 +8,12 @@ from ..synthetic.templates import TEMPLATES
 _DESCRIPTIONS = {
     "synth-shapes": ("Synthetic shapes (coarse, 10 classes)", "synthetic-photo",
                      "Ten shapes in random colours, fill patterns and backgrounds."),
-    "synth-colored-shapes": ("Synthetic coloured shapes (fine-grained, 36 classes)", "synthetic-photo",
-                             "Colour x shape classes with confusable pairs (red/orange, blue/cyan, circle/ring)."),
+    "synth-patterned-shapes": ("Synthetic patterned shapes (fine-grained, 36 classes)", "synthetic-photo",
+                               "Fill pattern x shape classes with confusable pairs (dotted/checkered, "
+                               "circle/hexagon/ring, square/diamond, bar/ellipse, triangle/arrow)."),
     "synth-scans": ("Synthetic scans (domain-shifted, 10 classes)", "synthetic-grayscale-scan",
-                    "Faint grayscale shapes in textured noise: weak zero-shot, learnable features."),
+                    "Faint grayscale shapes in textured noise with clinical-style class names that only partly "
+                    "overlap the tiny CLIP's caption vocabulary: weak zero-shot, learnable features."),
     "synth-lesions": ("Synthetic lesions (imbalanced binary, AUC)", "synthetic-grayscale-scan",
                       "10 % of scans hold a small faint blob; scored by AUC like the VALIANT protocols."),
 }

@@ -7,12 +7,15 @@ situations the papers study:
 * ``synth-shapes`` (coarse, 10 classes): shapes in any colour/pattern, like
   CIFAR-10 or Caltech: zero-shot works but unevenly, because some shapes are
   rare in the tiny CLIP's pre-training captions.
-* ``synth-colored-shapes`` (fine-grained, 36 classes): colour x shape, with
-  deliberately confusable pairs (red/orange, blue/cyan/purple,
-  circle/ring), like FGVC-Aircraft or Flowers.
+* ``synth-patterned-shapes`` (fine-grained, 36 classes): fill pattern x
+  shape, with deliberately confusable pairs (dotted/checkered,
+  circle/hexagon/ring, square/diamond, bar/ellipse, triangle/arrow), like
+  FGVC-Aircraft or Flowers.
 * ``synth-scans`` (domain-shifted, 10 classes): faint grayscale shapes in
-  textured noise, like a medical modality where zero-shot is weak but the
-  features still separate the classes.
+  textured noise, named the way a radiologist would name them ("stellate
+  mass", "ring lesion"); the names only partly overlap the tiny CLIP's
+  caption vocabulary, as clinical terms do for CLIP, so zero-shot is weak
+  while the image features still separate the classes.
 * ``synth-lesions`` (imbalanced binary, AUC): 10 % of scans contain a small
   faint blob, like the VALIANT medical protocols.
 
@@ -33,9 +36,18 @@ import numpy as np
 from .render import COLORS, PATTERNS, BACKGROUNDS, SIZES, Scene, image_rng, render
 
 COARSE_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "crescent", "bar", "hexagon", "diamond")
-FINE_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
-FINE_COLORS = ("red", "orange", "blue", "cyan", "green", "purple")
+FINE_SHAPES = COARSE_SHAPES + ("ellipse", "arrow")
+FINE_PATTERNS = ("striped", "dotted", "checkered")
 
+#: Clinical-style names of the scan classes (same geometry as COARSE_SHAPES, in order). Some share a
+#: word with the pre-training captions, some do not; the mix was chosen so that the shipped tiny
+#: CLIP's zero-shot accuracy lands near 25 % (2.5x chance), well below what 16 labels per class reach.
+SCAN_CLASS_NAMES = {
+    "circle": "round nodule", "square": "square opacity", "triangle": "triangular opacity",
+    "star": "stellate mass", "cross": "cruciform lesion", "ring": "ring-enhancing lesion",
+    "crescent": "crescent-shaped collection", "bar": "linear band", "hexagon": "polygonal mass",
+    "diamond": "diamond-shaped opacity",
+}
 #: Hand-written descriptions used as the positive attributes of a class, the
 #: analogue of the LLM-written descriptions that BioMedVR/AttrVR use.
 SHAPE_TRAITS: dict[str, list[str]] = {
@@ -49,6 +61,20 @@ SHAPE_TRAITS: dict[str, list[str]] = {
     "bar": ["a long thin form", "straight parallel edges", "a horizontal stripe"],
     "hexagon": ["six corners", "six straight sides", "an almost round outline"],
     "diamond": ["four corners pointing up, down, left and right", "a rhombus form", "straight edges"],
+    "ellipse": ["an elongated round outline", "no corners", "an oval form"],
+    "arrow": ["a shaft with a pointed head", "a triangular tip", "a direction"],
+}
+
+PATTERN_TRAITS: dict[str, str] = {
+    "striped": "parallel stripes across the fill",
+    "dotted": "separate round dots on the fill",
+    "checkered": "a checkerboard of squares on the fill",
+}
+
+PATTERN_CONFUSIONS: dict[str, tuple[str, str]] = {
+    "striped": ("checkered", "stripes that run in one direction only"),
+    "dotted": ("checkered", "round dots rather than square cells"),
+    "checkered": ("dotted", "square cells touching at their corners"),
 }
 
 #: The class each shape is most easily mistaken for, and the trait that
@@ -64,10 +90,8 @@ SHAPE_CONFUSIONS: dict[str, tuple[str, str]] = {
     "bar": ("ellipse", "square ends"),
     "hexagon": ("circle", "visible corners"),
     "diamond": ("square", "corners pointing to the image border"),
-}
-
-COLOR_CONFUSIONS: dict[str, str] = {
-    "red": "orange", "orange": "red", "blue": "cyan", "cyan": "blue", "green": "cyan", "purple": "blue",
+    "ellipse": ("bar", "rounded ends"),
+    "arrow": ("triangle", "a shaft behind the head"),
 }
 
 
@@ -124,11 +148,11 @@ def _coarse_scene(label: int, rng: np.random.Generator) -> Scene:
 
 
 def _fine_scene(label: int, rng: np.random.Generator) -> Scene:
-    color, shape = FINE_CLASSES[label]
+    pattern, shape = FINE_CLASSES[label]
     return Scene(
         shape=shape,
-        color=color,
-        pattern=_pick(rng, PATTERNS),
+        color=_pick(rng, COLORS),
+        pattern=pattern,
         background=_pick(rng, BACKGROUNDS),
         size=_pick(rng, ("medium", "large")),
     )
@@ -158,14 +182,14 @@ def _lesion_scene(label: int, rng: np.random.Generator) -> Scene:
     )
 
 
-FINE_CLASSES: tuple[tuple[str, str], ...] = tuple((c, s) for s in FINE_SHAPES for c in FINE_COLORS)
+FINE_CLASSES: tuple[tuple[str, str], ...] = tuple((p, s) for s in FINE_SHAPES for p in FINE_PATTERNS)
 
 FAMILY: dict[str, SyntheticSpec] = {
     spec.name: spec
     for spec in (
         SyntheticSpec("synth-shapes", COARSE_SHAPES, _coarse_scene),
-        SyntheticSpec("synth-colored-shapes", tuple(f"{c} {s}" for c, s in FINE_CLASSES), _fine_scene),
-        SyntheticSpec("synth-scans", COARSE_SHAPES, _scan_scene),
+        SyntheticSpec("synth-patterned-shapes", tuple(f"{p} {s}" for p, s in FINE_CLASSES), _fine_scene),
+        SyntheticSpec("synth-scans", tuple(SCAN_CLASS_NAMES[s] for s in COARSE_SHAPES), _scan_scene),
         SyntheticSpec("synth-lesions", ("normal", "lesion"), _lesion_scene, positive_rate=0.1),
     )
 }
@@ -182,16 +206,17 @@ def class_attributes(spec_name: str) -> dict[str, dict[str, list[str]]]:
                        "confusion": ["a compact bright blob, unlike normal tissue texture"]},
         }
     attrs: dict[str, dict[str, list[str]]] = {}
+    scan_shapes = {v: k for k, v in SCAN_CLASS_NAMES.items()}
     for name in spec.classes:
-        words = name.split()
-        shape = words[-1]
-        color = words[0] if len(words) > 1 else None
+        pattern, shape = (None, scan_shapes[name]) if spec_name == "synth-scans" else (
+            name.split()[0] if len(name.split()) > 1 else None, name.split()[-1])
         positive = [f"a shape with {t}" for t in SHAPE_TRAITS[shape]]
         other, cue = SHAPE_CONFUSIONS[shape]
         confusion = [f"{cue}, unlike a {other}"]
-        if color is not None:
-            positive.insert(0, f"a {color} colour")
-            confusion.append(f"a {color} rather than {COLOR_CONFUSIONS[color]} colour")
+        if pattern is not None:
+            positive.insert(0, PATTERN_TRAITS[pattern])
+            look_alike, pattern_cue = PATTERN_CONFUSIONS[pattern]
+            confusion.append(f"{pattern_cue}, unlike a {look_alike} fill")
         if spec_name == "synth-scans":
             positive.append("a faint bright region in grayscale noise")
         attrs[name] = {"positive": positive, "confusion": confusion}

@@ -10,7 +10,7 @@ LESION_TEMPLATES = ("a {} grayscale scan.", "a scan showing a {}.")
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "synth-shapes": PHOTO_TEMPLATES,
-    "synth-colored-shapes": PHOTO_TEMPLATES,
+    "synth-patterned-shapes": PHOTO_TEMPLATES,
     "synth-scans": SCAN_TEMPLATES,
     "synth-lesions": LESION_TEMPLATES,
 }
