@@ -56,6 +56,11 @@ class AcquisitionStrategy(ABC):
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
         ...
 
+    def cold_start(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
+        """Round 1 under ``cold_start: method``; strategies with a dedicated start (TypiClust,
+        DropQuery's centroids) override this, the rest select as usual."""
+        return self.select(ctx, budget, rng)
+
 
 @dataclass
 class TrainSet:

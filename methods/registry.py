@@ -41,6 +41,17 @@ class Registry(Generic[T]):
             raise KeyError(f"unknown {self.kind} {name!r}{hint}; known: {', '.join(sorted(self._items))}")
         return self._items[name]
 
+    def resolve_options(self, name: str, options: dict) -> dict:
+        """The options a plug-in will actually run with: its constructor defaults overlaid by ``options``.
+
+        These go into the trial's config hash, so changing a plug-in's default
+        makes a new trial instead of silently reusing results of the old one.
+        """
+        cls = self.get(name)
+        defaults = {p.name: p.default for p in inspect.signature(cls).parameters.values()
+                    if p.default is not inspect.Parameter.empty}
+        return {**defaults, **options}
+
     def create(self, name: str, **options) -> T:
         cls = self.get(name)
         accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .budget import BudgetSchedule
 
+#: Round 1 of a run: "none" = the strategy's usual select on zero-shot predictions (no initial labels),
+#: "random" = random sampling, "method" = the strategy's own cold_start() (its select unless it has one).
 ColdStart = Literal["none", "random", "method"]
 
 
@@ -137,7 +139,7 @@ class SweepConfig(BaseModel):
             trial = {
                 "dataset": dataset,
                 "dataset_options": self.dataset_options.get(dataset, {}),
-                "method": method.model_dump(),
+                "method": _resolved_method(method),
                 "cold_start": method.cold_start or self.cold_start,
                 "budget_name": budget_name,
                 "budget": budget.model_dump(),
@@ -153,6 +155,15 @@ class SweepConfig(BaseModel):
             trial["config_hash"] = config_hash(trial)
             out.append(trial)
         return out
+
+
+def _resolved_method(method: MethodConfig) -> dict:
+    from methods.registry import ACQUISITIONS, ADAPTATIONS
+
+    resolved = method.model_dump()
+    resolved["acquisition_options"] = ACQUISITIONS.resolve_options(method.acquisition, method.acquisition_options)
+    resolved["adaptation_options"] = ADAPTATIONS.resolve_options(method.adaptation, method.adaptation_options)
+    return resolved
 
 
 def config_hash(trial: dict) -> str:

@@ -100,7 +100,7 @@ class RoundState:
 
 def _select(strategy_spec: tuple[str, dict], pool_features_ref, predictor: Predictor, labelled: np.ndarray,
             labelled_targets: np.ndarray, pool_size: int, num_classes: int, text_features, round_: int,
-            budget: int, seed: int, plugins: tuple[str, ...] = ()) -> tuple[Selection, float]:
+            budget: int, seed: int, plugins: tuple[str, ...] = (), cold: bool = False) -> tuple[Selection, float]:
     """Build the strategy, compute only its declared inputs, and select."""
     t0 = time.perf_counter()
     load_plugins(plugins)
@@ -117,7 +117,8 @@ def _select(strategy_spec: tuple[str, dict], pool_features_ref, predictor: Predi
         text_features=_get(text_features) if TEXT_FEATURES in needs else None,
         embeddings=predictor.embed(features) if EMBEDDINGS in needs else None,
     )
-    selection = strategy.select(ctx, budget, phase_rng(seed, round_, _PHASE_SELECT))
+    choose = strategy.cold_start if cold else strategy.select
+    selection = choose(ctx, budget, phase_rng(seed, round_, _PHASE_SELECT))
     _check_selection(strategy_spec[0], selection, ctx, budget)
     return selection, time.perf_counter() - t0
 
@@ -235,7 +236,8 @@ class ActiveLearningRun:
         labelled, targets, _ = state.ledger.arrays()
         selection, select_work = self._call(
             _select, strategy, self.data.pool_features, state.predictor, labelled, targets, self.pool_size,
-            self.data.num_classes, self.data.text_features, r, self.budgets[r - 1], self.seed, self.plugins)
+            self.data.num_classes, self.data.text_features, r, self.budgets[r - 1], self.seed, self.plugins,
+            r == 1 and self.cold_start == "method")
         t_select = time.perf_counter() - t0
         ledger = BudgetLedger.from_state(state.ledger.state())
         ledger.query(selection.indices, self._pool_labels[selection.indices])

@@ -419,21 +419,25 @@ def _average_table(budget: str, tables: list[pd.DataFrame]) -> pd.DataFrame:
                       axis=1).mean(axis=1)
     rounds = list(mean.columns)
     labels = [_round_label(r, spent.get(r, math.nan)) for r in rounds]
-    metrics = {t.attrs["dataset"]: t.attrs["metric"] for t in tables}
-    datasets = sorted(metrics)
-    higher = {t.attrs["higher_is_better"] for t in tables}
-    if len(higher) != 1:
-        raise ValueError(f"cannot average metrics of opposite directions: {metrics}")
-    metric = _metric_summary(metrics)
+    metric, higher, datasets = _shared_metric(tables)
     caption = (f"Budget {budget}, mean over {len(datasets)} datasets ({', '.join(datasets)}) of "
                f"the per-dataset seed means of {metric}; ± is the mean of the per-dataset stds "
                f"over seeds (not a spread across datasets); n = labels spent averaged over "
                f"datasets; a cell is left empty unless every dataset has it; best mean per round "
                f"marked.")
     return _make_table(mean, std, count, labels, f"average over datasets — {budget} — {metric}",
-                       caption, higher.pop(), kind="average", dataset=None, budget=budget,
+                       caption, higher, kind="average", dataset=None, budget=budget,
                        metric=metric, datasets=datasets, rounds=rounds,
                        labels_spent=[spent.get(r, math.nan) for r in rounds])
+
+
+def _shared_metric(tables: list[pd.DataFrame]) -> tuple[str, bool, list[str]]:
+    """(metric summary, higher-is-better, datasets) of tables about to be averaged together."""
+    metrics = {t.attrs["dataset"]: t.attrs["metric"] for t in tables}
+    higher = {t.attrs["higher_is_better"] for t in tables}
+    if len(higher) != 1:
+        raise ValueError(f"cannot average metrics of opposite directions: {metrics}")
+    return _metric_summary(metrics), higher.pop(), sorted(metrics)
 
 
 def _metric_summary(metrics: dict[str, str]) -> str:
@@ -459,18 +463,13 @@ def _final_table(per_dataset: list[pd.DataFrame]) -> pd.DataFrame:
         finals[budget] = rounds
         labels.append(f"{budget} (r{rounds[0]})" if len(rounds) == 1 else budget)
     mean, std, count = (pd.DataFrame(c) for c in (cols_mean, cols_std, cols_n))
-    metrics = {t.attrs["dataset"]: t.attrs["metric"] for t in per_dataset}
-    metric = _metric_summary(metrics)
-    higher = {t.attrs["higher_is_better"] for t in per_dataset}
-    if len(higher) != 1:
-        raise ValueError(f"cannot average metrics of opposite directions: {metrics}")
-    datasets = sorted(metrics)
+    metric, higher, datasets = _shared_metric(per_dataset)
     caption = (f"Final round of each budget schedule: mean over datasets ({', '.join(datasets)}) "
                f"of the per-dataset seed means of {metric}; ± is the mean of the per-dataset "
                f"stds over seeds; a method must reach the last round on every dataset to get a "
                f"cell; best mean per budget marked.")
     return _make_table(mean, std, count.fillna(0), labels, f"final round — {metric}", caption,
-                       higher.pop(), kind="final", dataset=None, budget=None, metric=metric,
+                       higher, kind="final", dataset=None, budget=None, metric=metric,
                        budgets=budgets, final_rounds=finals, datasets=datasets)
 
 

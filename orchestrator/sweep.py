@@ -168,7 +168,7 @@ def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = 
     from ray import tune
 
     from .ray_runtime import ensure_ray
-    from .tracking import MLflowTuneCallback, TrialTracker
+    from .tracking import MLflowTuneCallback, ProgressCallback, TrialTracker
 
     t0 = time.time()
     workdir = config.workdir_path
@@ -193,6 +193,8 @@ def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = 
     callback = MLflowTuneCallback(tracker, parent)
     failed: list[str] = []
     if pending:
+        rounds_left = sum(_rounds_left(t, store) for t in pending)
+        progress = [ProgressCallback(len(pending), rounds_left, console)] if console is not None else []
         bundles = [{"CPU": config.resources.driver_cpu},
                    {"CPU": config.resources.cpu, **({"GPU": config.resources.gpu} if config.resources.gpu else {})}]
         trainable = tune.with_resources(tune.with_parameters(trial_function, data_refs=data),
@@ -205,7 +207,7 @@ def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = 
             run_config=tune.RunConfig(
                 name=f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}",
                 storage_path=str(_storage_path(config)),
-                callbacks=[callback, *(extra_callbacks or [])],
+                callbacks=[callback, *progress, *(extra_callbacks or [])],
                 failure_config=tune.FailureConfig(max_failures=config.retries),
                 verbose=0,
             ),
@@ -215,6 +217,12 @@ def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = 
     tracker.client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
     return SweepOutcome(config.experiment, config.tracking_uri, parent, len(trials), len(finished),
                         len(resumable), failed, time.time() - t0, embed_seconds, callback.log_seconds)
+
+
+def _rounds_left(trial: dict, store: TrialStore) -> int:
+    """Rounds a trial still has to report (round 0 included for a trial that never started)."""
+    state = store.load(trial["config_hash"])
+    return trial["rounds"] + 1 if state is None else trial["rounds"] - state.round
 
 
 def _storage_path(config: SweepConfig) -> Path:

@@ -157,6 +157,47 @@ class MLflowTuneCallback(Callback):
         self.tracker.fail(trial.config["trial"], _error_text(trial), self.parent_run_id)
 
 
+class ProgressCallback(Callback):
+    """A rich progress bar on the driver: trials done (failed ones counted) and rounds reported.
+
+    The bar is built in ``setup`` and left out of the pickled state: Tune
+    pickles its callbacks with the Tuner, and a live bar holds locks.
+    """
+
+    def __init__(self, total_trials: int, total_rounds: int, console=None):
+        self.total_trials, self.total_rounds, self.console = total_trials, total_rounds, console
+        self.progress = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "progress": None, "console": None}
+
+    def setup(self, **info):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=self.console)
+        self.trials = self.progress.add_task("trials", total=self.total_trials)
+        self.rounds = self.progress.add_task("rounds", total=self.total_rounds)
+        self.progress.start()
+
+    def _advance(self, task) -> None:
+        if self.progress is not None:
+            self.progress.advance(task)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._advance(self.rounds)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._advance(self.trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._advance(self.trials)
+
+    def on_experiment_end(self, trials, **info):
+        if self.progress is not None:
+            self.progress.stop()
+
+
 def _error_text(trial) -> str:
     for attr in ("error_msg", "error_file"):
         value = getattr(trial, attr, None)

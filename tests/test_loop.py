@@ -102,3 +102,36 @@ def test_phases_run_as_ray_tasks(ray_cluster):
     remote_run = ActiveLearningRun(("entropy", {}), ("linear_probe", {}), PerRound(count=6), 2, seed=7,
                                    data=_data(), remote=True, num_cpus=0.5)
     np.testing.assert_equal([_strip(m) for _, m, _ in remote_run.rounds()], local)
+
+
+COLD_PLUGIN = """
+import numpy as np
+from methods.base import AcquisitionStrategy, Selection
+from methods.registry import register_acquisition
+
+@register_acquisition("test_cold")
+class LastRowsFirst(AcquisitionStrategy):
+    def select(self, ctx, budget, rng):
+        return Selection(ctx.unlabelled[:budget])
+
+    def cold_start(self, ctx, budget, rng):
+        return Selection(ctx.unlabelled[-budget:])
+"""
+
+
+@pytest.fixture(scope="module")
+def cold_plugin(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cold") / "cold.py"
+    path.write_text(COLD_PLUGIN)
+    return str(path)
+
+
+@pytest.mark.parametrize("cold_start, round1, round2", [
+    ("none", range(0, 6), range(6, 12)),
+    ("method", range(234, 240), range(0, 6)),
+])
+def test_cold_start_method_uses_the_strategy_own_start(cold_plugin, cold_start, round1, round2):
+    run = ActiveLearningRun(("test_cold", {}), ("zeroshot", {}), PerRound(count=6), 2, seed=0, data=_data(),
+                            cold_start=cold_start, remote=False, plugins=(cold_plugin,))
+    queried = [q for _, _, q in run.rounds()]
+    assert queried[1] == list(round1) and queried[2] == list(round2)

@@ -127,3 +127,16 @@ def test_ledger_separates_queried_and_pseudo_labels():
     with pytest.raises(ValueError, match="already labelled"):
         ledger.query(np.array([7]), np.array([0]))
     assert BudgetLedger.from_state(ledger.state()).arrays()[0].tolist() == [4, 2, 7]
+
+
+def test_trial_hash_covers_resolved_plugin_defaults(tmp_path):
+    from orchestrator.config import SweepConfig
+
+    base = dict(datasets=["synth-shapes"], budgets={"b": {"kind": "per_round", "count": 5}}, workdir=str(tmp_path))
+    implicit = SweepConfig(methods=["random+linear_probe"], **base).trials()[0]
+    explicit = SweepConfig(methods=[{"acquisition": "random", "adaptation": "linear_probe",
+                                     "adaptation_options": {"text_anchor": 1.0}}], **base).trials()[0]
+    changed = SweepConfig(methods=[{"acquisition": "random", "adaptation": "linear_probe",
+                                    "adaptation_options": {"text_anchor": 0.5}}], **base).trials()[0]
+    assert implicit["method"]["adaptation_options"]["epochs"] == 100
+    assert implicit["config_hash"] == explicit["config_hash"] != changed["config_hash"]

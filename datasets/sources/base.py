@@ -93,6 +93,23 @@ class ImageSource(ABC):
             )
 
 
+class FileListSource(ImageSource):
+    """A source whose items are image files: subclasses fill ``self.files`` and ``self._labels``."""
+
+    files: list[str]
+    _labels: np.ndarray
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def locate(self, index: int) -> str:
+        return self.files[index]
+
+    def load(self, index: int) -> Image.Image:
+        return open_rgb(self.files[index])
+
+
 def open_rgb(path: str | Path) -> Image.Image:
     """Decode an image file to RGB, turning every decoder failure into :class:`CorruptImageError`."""
     try:

@@ -15,9 +15,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .base import DatasetNotFoundError, EmptySplitError, ImageSource, LabelMismatchError, default_data_root, open_rgb
+from .base import DatasetNotFoundError, EmptySplitError, FileListSource, LabelMismatchError, default_data_root
 from .registry import register_source
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -29,7 +28,7 @@ def _preview(names: list[str], limit: int = 20) -> str:
 
 
 @register_source("imagefolder")
-class ImageFolderSource(ImageSource):
+class ImageFolderSource(FileListSource):
     """Options: ``path`` (under the data root), ``split_dirs`` (card split -> folder, default the
     split name), ``folder_names`` or ``class_folders``, ``ignore_folders``, ``extensions``."""
 
@@ -88,16 +87,6 @@ class ImageFolderSource(ImageSource):
                 raise LabelMismatchError(f"class_folders names classes the card does not have: {_preview(unknown)}")
             return [str(class_folders.get(c, c)) for c in self.classes]
         return list(self.classes)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    def locate(self, index: int) -> str:
-        return self.files[index]
-
-    def load(self, index: int) -> Image.Image:
-        return open_rgb(self.files[index])
 
     def identity(self) -> dict:
         h = hashlib.sha256(self._labels.tobytes())

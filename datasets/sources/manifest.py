@@ -21,10 +21,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .base import (DatasetNotFoundError, EmptySplitError, ImageSource, LabelMismatchError, default_data_root,
-                   open_rgb)
+from .base import DatasetNotFoundError, EmptySplitError, FileListSource, LabelMismatchError, default_data_root
 from .registry import register_source
 
 _INT = re.compile(r"^[+-]?\d+(\.0*)?$")
@@ -71,7 +69,7 @@ def _bad_rows(where: str, bad: list[tuple], lookup: _ClassLookup, what: str = "l
 
 
 @register_source("manifest")
-class ManifestSource(ImageSource):
+class ManifestSource(FileListSource):
     """Options (all paths relative to the data root unless absolute):
 
     * ``file``: the table, or ``{card split: table}`` when each split has its own file.
@@ -250,16 +248,6 @@ class ManifestSource(ImageSource):
         return matrix.argmax(axis=1).astype(np.int64)
 
     # -------------------------------------------------------------- interface
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels
-
-    def locate(self, index: int) -> str:
-        return self.files[index]
-
-    def load(self, index: int) -> Image.Image:
-        return open_rgb(self.files[index])
 
     def identity(self) -> dict:
         return {"kind": "manifest", "file": self.path.name, "split": self.split, "n": len(self),

@@ -2,8 +2,13 @@
 
 Initialising the head from the text classifier (as in LP++ and the
 "zero-shot init" baselines of the CoOp papers) makes the round-0 predictor
-exactly zero-shot CLIP and keeps few-label rounds from collapsing; the
-``text_anchor`` penalty pulls the weights back towards that start.
+exactly zero-shot CLIP. With one or two labels per class a free probe
+forgets that prior and falls below zero-shot (measured on the synthetic sets:
+-5 to -50 points), so by default the weights are anchored to the text
+classifier (``text_anchor``, a CLAP-style L2 penalty) and no bias is fitted:
+with logits scaled by 1/T = 100, a bias fitted on ten examples shifts whole
+classes. With those defaults the probe gains on average over zero-shot from
+1 to 10 labels per class (README, "Measured").
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from .zeroshot import LinearPredictor
 class LinearProbe(Learner):
     requires = frozenset({TEXT_FEATURES})
 
-    def __init__(self, init: str = "text", epochs: int = 200, lr: float = 0.1, weight_decay: float = 1e-4,
-                 text_anchor: float = 0.0, temperature: float = 0.01, pseudo_weight: float = 1.0):
+    def __init__(self, init: str = "text", epochs: int = 100, lr: float = 0.01, weight_decay: float = 1e-4,
+                 text_anchor: float = 1.0, temperature: float = 0.01, pseudo_weight: float = 1.0,
+                 fit_bias: bool = False):
         if init not in ("text", "zeros"):
             raise ValueError(f"linear_probe: init must be 'text' or 'zeros', got {init!r}")
         for key, value in (("epochs", epochs), ("lr", lr), ("temperature", temperature)):
@@ -29,6 +35,7 @@ class LinearProbe(Learner):
         self.init, self.epochs, self.lr = init, int(epochs), float(lr)
         self.weight_decay, self.text_anchor = float(weight_decay), float(text_anchor)
         self.temperature, self.pseudo_weight = float(temperature), float(pseudo_weight)
+        self.fit_bias = bool(fit_bias)
 
     def fit(self, train: TrainSet, ctx: AdaptContext, rng: np.random.Generator) -> Predictor:
         import torch
@@ -42,11 +49,11 @@ class LinearProbe(Learner):
             return LinearPredictor(w0.numpy(), np.zeros(ctx.num_classes, np.float32), self.temperature)
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         weight = torch.nn.Parameter(w0.clone() + (0 if self.init == "text" else 0.01 * torch.randn(w0.shape, generator=gen)))
-        bias = torch.nn.Parameter(torch.zeros(ctx.num_classes))
+        bias = torch.nn.Parameter(torch.zeros(ctx.num_classes), requires_grad=self.fit_bias)
         x = torch.as_tensor(np.asarray(train.features, dtype=np.float32))
         y = torch.as_tensor(train.labels, dtype=torch.long)
         sample_w = torch.where(torch.as_tensor(train.is_pseudo), self.pseudo_weight, 1.0)
-        opt = torch.optim.AdamW([weight, bias], lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW([weight, bias] if self.fit_bias else [weight], lr=self.lr, weight_decay=self.weight_decay)
         for _ in range(self.epochs):
             logits = (x @ weight.T + bias) / self.temperature
             loss = (torch.nn.functional.cross_entropy(logits, y, reduction="none") * sample_w).sum() / sample_w.sum()
