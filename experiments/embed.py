@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dataset", help="registered dataset name (see --list)")
     ap.add_argument("--encoder", default="tiny-clip", help="tiny-clip | MODEL:TAG | MODEL:/path | local-dir:/path")
     ap.add_argument("--split", action="append", help="split(s) to embed (default: all of the card's splits)")
-    ap.add_argument("--cache", type=Path, default=None, help="cache root (default: $ALVLM_CACHE or ./cache)")
+    ap.add_argument("--cache", type=Path, default=None, help="cache root (default: $ALVLM_CACHE_DIR or ./cache)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored feature dtype")
     ap.add_argument("--batch-size", type=int, default=256)

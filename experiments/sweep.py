@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override any config field, e.g. --set rounds=3 --set seeds=[0,1] --set resources.cpu=0.5")
     ap.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local one)")
-    ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<workdir>/mlflow.db)")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                           "sqlite:///<workdir>/mlflow.db)")
     ap.add_argument("--workdir", help="where trial states, Ray results and the default MLflow store live")
     ap.add_argument("--no-report", action="store_true", help="skip the comparison table at the end")
     return ap

@@ -125,7 +125,10 @@ class SweepConfig(BaseModel):
 
     @property
     def tracking_uri(self) -> str:
-        return self.tracking.uri or f"sqlite:///{self.workdir_path / 'mlflow.db'}"
+        """The config's URI, else $MLFLOW_TRACKING_URI (set on cluster heads), else SQLite in the workdir."""
+        import os
+
+        return self.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.workdir_path / 'mlflow.db'}"
 
     @property
     def experiment(self) -> str:

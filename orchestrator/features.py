@@ -26,7 +26,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from .encoders import EncoderSpec, build_preprocess, parse_encoder
 
-DEFAULT_CACHE = Path(os.environ.get("ALVLM_CACHE", "cache")).expanduser()
+DEFAULT_CACHE = Path(os.environ.get("ALVLM_CACHE_DIR", "cache")).expanduser()
 MANIFEST_VERSION = 1
 OnCorrupt = Literal["fail", "skip"]
 
@@ -76,7 +76,7 @@ def ensure_writable(directory: Path) -> None:
     except OSError as exc:
         raise CacheNotWritableError(
             f"cache directory {directory} is not writable ({exc.strerror or exc}); "
-            "pass a writable --cache DIR (or set ALVLM_CACHE) or fix its permissions"
+            "pass a writable --cache DIR (or set ALVLM_CACHE_DIR) or fix its permissions"
         ) from exc
 
 

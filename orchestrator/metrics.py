@@ -80,7 +80,6 @@ def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, n_b
     # (2017): bin b holds edges[b] < conf <= edges[b + 1].
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    counts = np.bincount(idx, minlength=n_bins).astype(np.float64)
     conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
     acc_sum = np.bincount(idx, weights=corr, minlength=n_bins)
     # sum_b |B_b|/N * |acc_b - conf_b| == sum_b |acc_sum_b - conf_sum_b| / N

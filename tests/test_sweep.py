@@ -1,6 +1,5 @@
 """A real mini-sweep: real Ray Tune trials, real MLflow on SQLite, the report read back from MLflow."""
 
-import json
 import os
 import signal
 import subprocess
