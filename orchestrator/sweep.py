@@ -165,6 +165,10 @@ def reconcile(tracker, store: TrialStore, trials: list[dict], parent_run_id: str
 
 
 def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = None) -> SweepOutcome:
+    import os
+
+    # Tune's newer console output prints banners even at verbose=0; progress is ours (rich) instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
 
     from .ray_runtime import ensure_ray

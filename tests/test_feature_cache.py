@@ -121,3 +121,10 @@ def test_several_datasets_share_one_pipeline(ray_cluster, tmp_path):
     out = embed_splits([("synth-shapes", "test"), ("synth-lesions", "test")], "tiny-clip", tmp_path,
                        source_options=SMALL)
     assert {k: len(v) for k, v in out.items()} == {("synth-shapes", "test"): 120, ("synth-lesions", "test"): 120}
+
+
+def test_embed_cli_unknown_dataset_lists_the_known_ones():
+    from experiments.embed import main
+
+    with pytest.raises(SystemExit, match="unknown dataset 'synth-shape'.*synth-shapes"):
+        main(["--dataset", "synth-shape"])

@@ -173,3 +173,14 @@ def test_sigkilled_sweep_resumes_to_identical_metrics_without_duplicates(tmp_pat
     for h in reference:
         np.testing.assert_equal(killed[h], reference[h])
         assert [s for s, _ in killed[h]["top1"]] == [0, 1, 2, 3]  # every round once: no duplicate, none lost
+
+
+def test_nan_features_are_refused_with_the_fix():
+    from orchestrator.sweep import _check_features
+
+    bad = np.ones((4, 3), np.float32)
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf.*re-embed"):
+        _check_features("synth-shapes", bad)
+    with pytest.raises(ValueError, match="no embedded images"):
+        _check_features("synth-shapes", np.zeros((0, 3), np.float32))
