@@ -1,0 +1,24 @@
+"""Device choice and chunk sizing shared by the kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def device_for(device: str | None = None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rows_per_chunk(n_cols: int, working_bytes: int, itemsize: int = 4) -> int:
+    """How many rows of an ``n_cols``-wide float block fit in ``working_bytes``."""
+    return max(1, int(working_bytes // max(1, n_cols * itemsize)))
+
+
+def as_tensor(x: np.ndarray, device: str):
+    import torch
+
+    return torch.as_tensor(np.asarray(x, dtype=np.float32), device=device)
