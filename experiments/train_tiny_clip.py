@@ -172,5 +172,6 @@ def _summarise(model, tokenizer, args, train_seconds) -> dict:
     print(json.dumps(summary))
     return summary
 
+
 if __name__ == "__main__":
     main()

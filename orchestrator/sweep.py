@@ -15,6 +15,7 @@ Order of work in :func:`run_sweep`:
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,9 +145,9 @@ def _newest(*states: RoundState | None) -> RoundState | None:
     return max(present, key=lambda s: s.round) if present else None
 
 
-def reconcile(tracker, store: TrialStore, trials: list[dict], parent_run_id: str) -> tuple[set[str], set[str]]:
-    """Bring MLflow up to date with the trial store; return (finished, resumable) hashes."""
-    finished, resumable = set(), set()
+def reconcile(tracker, store: TrialStore, trials: list[dict], parent_run_id: str) -> tuple[set[str], dict[str, int]]:
+    """Bring MLflow up to date with the trial store; return finished hashes and resumable hash -> last round."""
+    finished, resumable = set(), {}
     for trial in trials:
         state = store.load(trial["config_hash"])
         if state is None:
@@ -160,13 +161,11 @@ def reconcile(tracker, store: TrialStore, trials: list[dict], parent_run_id: str
                 tracker.finish(trial)
             finished.add(trial["config_hash"])
         else:
-            resumable.add(trial["config_hash"])
+            resumable[trial["config_hash"]] = state.round
     return finished, resumable
 
 
 def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = None) -> SweepOutcome:
-    import os
-
     # Tune's newer console output prints banners even at verbose=0; progress is ours (rich) instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
@@ -197,7 +196,9 @@ def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = 
     callback = MLflowTuneCallback(tracker, parent)
     failed: list[str] = []
     if pending:
-        rounds_left = sum(_rounds_left(t, store) for t in pending)
+        # Rounds still to report: all of them (round 0 included) for a new trial, the rest for a resumed one.
+        rounds_left = sum(t["rounds"] - resumable[t["config_hash"]] if t["config_hash"] in resumable
+                          else t["rounds"] + 1 for t in pending)
         progress = [ProgressCallback(len(pending), rounds_left, console)] if console is not None else []
         bundles = [{"CPU": config.resources.driver_cpu},
                    {"CPU": config.resources.cpu, **({"GPU": config.resources.gpu} if config.resources.gpu else {})}]
@@ -223,15 +224,7 @@ def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = 
                         len(resumable), failed, time.time() - t0, embed_seconds, callback.log_seconds)
 
 
-def _rounds_left(trial: dict, store: TrialStore) -> int:
-    """Rounds a trial still has to report (round 0 included for a trial that never started)."""
-    state = store.load(trial["config_hash"])
-    return trial["rounds"] + 1 if state is None else trial["rounds"] - state.round
-
-
 def _storage_path(config: SweepConfig) -> Path:
-    import os
-
     return Path(os.environ.get("ALVLM_STORAGE_PATH", config.workdir_path / "ray_results")).expanduser()
 
 

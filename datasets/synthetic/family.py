@@ -195,6 +195,15 @@ FAMILY: dict[str, SyntheticSpec] = {
 }
 
 
+def _class_parts(spec_name: str) -> dict[str, tuple[str | None, str]]:
+    """Class name -> (fill pattern or None, shape), from the same tables the members are built from."""
+    if spec_name == "synth-patterned-shapes":
+        return {f"{p} {s}": (p, s) for p, s in FINE_CLASSES}
+    if spec_name == "synth-scans":
+        return {SCAN_CLASS_NAMES[s]: (None, s) for s in COARSE_SHAPES}
+    return {s: (None, s) for s in COARSE_SHAPES}
+
+
 def class_attributes(spec_name: str) -> dict[str, dict[str, list[str]]]:
     """Positive and confusion-aware attribute sentences for every class of a member."""
     spec = FAMILY[spec_name]
@@ -206,10 +215,8 @@ def class_attributes(spec_name: str) -> dict[str, dict[str, list[str]]]:
                        "confusion": ["a compact bright blob, unlike normal tissue texture"]},
         }
     attrs: dict[str, dict[str, list[str]]] = {}
-    scan_shapes = {v: k for k, v in SCAN_CLASS_NAMES.items()}
     for name in spec.classes:
-        pattern, shape = (None, scan_shapes[name]) if spec_name == "synth-scans" else (
-            name.split()[0] if len(name.split()) > 1 else None, name.split()[-1])
+        pattern, shape = _class_parts(spec_name)[name]
         positive = [f"a shape with {t}" for t in SHAPE_TRAITS[shape]]
         other, cue = SHAPE_CONFUSIONS[shape]
         confusion = [f"{cue}, unlike a {other}"]

@@ -1,16 +1,8 @@
-"""Device choice and chunk sizing shared by the kernels."""
+"""Chunk sizing and array transfer shared by the kernels."""
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def device_for(device: str | None = None) -> str:
-    import torch
-
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def rows_per_chunk(n_cols: int, working_bytes: int, itemsize: int = 4) -> int:

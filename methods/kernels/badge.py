@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._torch import as_tensor, device_for
+from orchestrator.encoders import pick_device
+
+from ._torch import as_tensor
 
 
 def gradient_factors(probs: np.ndarray) -> np.ndarray:
@@ -46,7 +48,7 @@ def badge_kmeanspp(probs: np.ndarray, embeddings: np.ndarray, candidates: np.nda
     """
     import torch
 
-    device = device_for(device)
+    device = pick_device(device)
     candidates = np.asarray(candidates, dtype=np.int64)
     if budget > len(candidates):
         raise ValueError(f"badge: budget {budget} exceeds the {len(candidates)} unlabelled candidates")
@@ -75,7 +77,8 @@ def kmeanspp_potential(probs: np.ndarray, embeddings: np.ndarray, rows: np.ndarr
     h = as_tensor(embeddings[rows], "cpu")
     ca = as_tensor(gradient_factors(probs[centres]), "cpu")
     ch = as_tensor(embeddings[centres], "cpu")
+    norms = (a * a).sum(1) * (h * h).sum(1)
     best = torch.full((len(rows),), float("inf"))
     for k in range(len(centres)):
-        best = torch.minimum(best, factorised_sq_dist(a, h, ca[k], ch[k]))
+        best = torch.minimum(best, factorised_sq_dist(a, h, ca[k], ch[k], norms))
     return float(best.sum())

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._torch import as_tensor, device_for, rows_per_chunk
+from orchestrator.encoders import pick_device
+
+from ._torch import as_tensor, rows_per_chunk
 
 
 def _min_sq_dist(x, centres, working_bytes: int):
@@ -44,7 +46,7 @@ def greedy_k_center(features: np.ndarray, candidates: np.ndarray, labelled: np.n
     """
     import torch
 
-    device = device_for(device)
+    device = pick_device(device)
     candidates = np.asarray(candidates, dtype=np.int64)
     if budget > len(candidates):
         raise ValueError(f"coreset: budget {budget} exceeds the {len(candidates)} unlabelled candidates")
