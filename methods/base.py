@@ -19,7 +19,8 @@ TEXT_FEATURES = "text_features"  # class text embeddings (template ensemble), (C
 EMBEDDINGS = "embeddings"  # the current predictor's penultimate embedding of the pool, (N, E)
 IMAGES = "images"  # an image source to re-read pixels (visual prompt methods only)
 BLACKBOX = "blackbox"  # a handle that answers output distributions only (VALIANT)
-KNOWN_INPUTS = frozenset({POOL_FEATURES, PROBS, TEXT_FEATURES, EMBEDDINGS, IMAGES, BLACKBOX})
+PREDICTOR = "predictor"  # the current Predictor itself, for strategies that perturb its inputs (BALD, ALFA-Mix, DropQuery)
+KNOWN_INPUTS = frozenset({POOL_FEATURES, PROBS, TEXT_FEATURES, EMBEDDINGS, IMAGES, BLACKBOX, PREDICTOR})
 
 
 @dataclass
@@ -35,6 +36,7 @@ class SelectionContext:
     probs: np.ndarray | None = None
     text_features: np.ndarray | None = None
     embeddings: np.ndarray | None = None
+    predictor: Predictor | None = None
     extras: dict = field(default_factory=dict)
 
 

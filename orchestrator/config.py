@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .budget import BudgetSchedule
 
 #: Round 1 of a run: "none" = the strategy's usual select on zero-shot predictions (no initial labels),
-#: "random" = random sampling, "method" = the strategy's own cold_start() (its select unless it has one).
-ColdStart = Literal["none", "random", "method"]
+#: "method" = the strategy's own cold_start() (its select unless it has one), or the name of any
+#: registered strategy whose cold_start() picks round 1 instead: "random", "typiclust", "centroid", ...
+ColdStart = str
 
 
 class ConfigError(ValueError):
@@ -265,5 +266,11 @@ def validate_names(config: SweepConfig) -> None:
                 registry.create(part, **opts)
             except (KeyError, ValueError, TypeError) as exc:
                 errors.append(f"method {method.name!r}: {exc.args[0] if exc.args else exc}")
+    for cold in {config.cold_start, *(m.cold_start for m in config.methods if m.cold_start)}:
+        if cold not in ("none", "method"):
+            try:
+                ACQUISITIONS.get(cold)
+            except KeyError as exc:
+                errors.append(f"cold_start: {exc.args[0]} (or 'none' / 'method')")
     if errors:
         raise ConfigError("invalid sweep config:\n  " + "\n  ".join(errors))

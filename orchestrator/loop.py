@@ -23,9 +23,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from methods.base import (EMBEDDINGS, POOL_FEATURES, PROBS, TEXT_FEATURES, AdaptContext, Predictor, Selection,
+from methods.base import (EMBEDDINGS, POOL_FEATURES, PREDICTOR, PROBS, TEXT_FEATURES, AdaptContext, Predictor, Selection,
                           SelectionContext, TrainSet)
 from methods.registry import ACQUISITIONS, ADAPTATIONS, load_plugins
+from methods.validation import check_selection_inputs
 
 from .budget import BudgetLedger, BudgetSchedule
 from .metrics import evaluate
@@ -106,7 +107,7 @@ def _select(strategy_spec: tuple[str, dict], pool_features_ref, predictor: Predi
     load_plugins(plugins)
     strategy = ACQUISITIONS.create(strategy_spec[0], **strategy_spec[1])
     needs = strategy.requires
-    features = _get(pool_features_ref) if needs & {POOL_FEATURES, PROBS, EMBEDDINGS} else None
+    features = _get(pool_features_ref) if needs & {POOL_FEATURES, PROBS, EMBEDDINGS, PREDICTOR} else None
     mask = np.ones(pool_size, bool)
     mask[labelled] = False
     ctx = SelectionContext(
@@ -116,7 +117,9 @@ def _select(strategy_spec: tuple[str, dict], pool_features_ref, predictor: Predi
         probs=predictor.predict_proba(features) if PROBS in needs else None,
         text_features=_get(text_features) if TEXT_FEATURES in needs else None,
         embeddings=predictor.embed(features) if EMBEDDINGS in needs else None,
+        predictor=predictor if PREDICTOR in needs else None,
     )
+    check_selection_inputs(strategy_spec[0], ctx, budget)
     choose = strategy.cold_start if cold else strategy.select
     selection = choose(ctx, budget, phase_rng(seed, round_, _PHASE_SELECT))
     _check_selection(strategy_spec[0], selection, ctx, budget)
@@ -230,14 +233,15 @@ class ActiveLearningRun:
         """Run round ``state.round + 1`` and return the new state, its metrics and the queried rows."""
         r = state.round + 1
         t0 = time.perf_counter()
-        strategy = self.acquisition
-        if r == 1 and self.cold_start == "random":
-            strategy = ("random", {})
+        strategy, cold = self.acquisition, False
+        if r == 1 and self.cold_start != "none":
+            cold = True
+            if self.cold_start != "method":
+                strategy = (self.cold_start, {})
         labelled, targets, _ = state.ledger.arrays()
         selection, select_work = self._call(
             _select, strategy, self.data.pool_features, state.predictor, labelled, targets, self.pool_size,
-            self.data.num_classes, self.data.text_features, r, self.budgets[r - 1], self.seed, self.plugins,
-            r == 1 and self.cold_start == "method")
+            self.data.num_classes, self.data.text_features, r, self.budgets[r - 1], self.seed, self.plugins, cold)
         t_select = time.perf_counter() - t0
         ledger = BudgetLedger.from_state(state.ledger.state())
         ledger.query(selection.indices, self._pool_labels[selection.indices])

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..base import EMBEDDINGS, POOL_FEATURES, PROBS, AcquisitionStrategy, Selection, SelectionContext
+from ..base import PROBS, AcquisitionStrategy, Selection, SelectionContext
+from ..feature_space import feature_view, space_inputs
 from ..kernels import badge_kmeanspp, greedy_k_center
 from ..registry import register_acquisition
-
-FEATURE_SPACES = {"image": POOL_FEATURES, "embedding": EMBEDDINGS}
-
-
-def _space(name: str, feature_space: str) -> str:
-    if feature_space not in FEATURE_SPACES:
-        raise ValueError(f"{name}: feature_space must be one of {sorted(FEATURE_SPACES)}, got {feature_space!r}")
-    return FEATURE_SPACES[feature_space]
 
 
 @register_acquisition("coreset")
@@ -27,12 +20,12 @@ class CoreSet(AcquisitionStrategy):
     """
 
     def __init__(self, feature_space: str = "image", working_mb: int = 256):
-        self.input = _space("coreset", feature_space)
-        self.requires = frozenset({self.input})
+        self.feature_space = feature_space
+        self.requires = space_inputs("coreset", feature_space)
         self.working_mb = int(working_mb)
 
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
-        features = ctx.pool_features if self.input == POOL_FEATURES else ctx.embeddings
+        features = feature_view(ctx, self.feature_space)
         return Selection(greedy_k_center(features, ctx.unlabelled, ctx.labelled, budget, rng,
                                          working_bytes=self.working_mb << 20))
 
@@ -46,9 +39,9 @@ class Badge(AcquisitionStrategy):
     """
 
     def __init__(self, feature_space: str = "embedding"):
-        self.input = _space("badge", feature_space)
-        self.requires = frozenset({PROBS, self.input})
+        self.feature_space = feature_space
+        self.requires = frozenset({PROBS}) | space_inputs("badge", feature_space)
 
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
-        features = ctx.pool_features if self.input == POOL_FEATURES else ctx.embeddings
+        features = feature_view(ctx, self.feature_space)
         return Selection(badge_kmeanspp(ctx.probs, features, ctx.unlabelled, budget, rng))

@@ -1,0 +1,78 @@
+"""Which vectors a clustering or diversity strategy measures distances in.
+
+Every such strategy takes ``feature_space``:
+
+* ``image`` -- the cached image features I(x);
+* ``class_guided`` -- [I(x), sum_c p(c|x) T_c], the image feature concatenated
+  with the probability-weighted class text embedding (CB+SQ paper, Table 11):
+  points the current model confuses land between the classes they mix;
+* ``embedding`` (alias ``penultimate``) -- the current learner's penultimate
+  embedding (for heads on frozen features, the features themselves).
+
+Features are built for the rows asked for only, so a class-guided space over a
+million-row pool never exists in full unless a strategy needs all of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import EMBEDDINGS, POOL_FEATURES, PROBS, TEXT_FEATURES, SelectionContext
+
+SPACE_INPUTS: dict[str, frozenset[str]] = {
+    "image": frozenset({POOL_FEATURES}),
+    "class_guided": frozenset({POOL_FEATURES, PROBS, TEXT_FEATURES}),
+    "embedding": frozenset({EMBEDDINGS}),
+    "penultimate": frozenset({EMBEDDINGS}),
+}
+
+
+def space_inputs(strategy: str, feature_space: str) -> frozenset[str]:
+    """The loop inputs a feature space needs; an unknown space is an error naming the strategy."""
+    if feature_space not in SPACE_INPUTS:
+        raise ValueError(f"{strategy}: feature_space must be one of {sorted(SPACE_INPUTS)}, got {feature_space!r}")
+    return SPACE_INPUTS[feature_space]
+
+
+def features_in_space(ctx: SelectionContext, feature_space: str, rows: np.ndarray | None = None,
+                      chunk: int = 65536) -> np.ndarray:
+    """float32 vectors of ``rows`` (default: the whole pool) in ``feature_space``."""
+    if feature_space in ("embedding", "penultimate"):
+        source = ctx.embeddings
+    else:
+        source = ctx.pool_features
+    if source is None:
+        raise ValueError(f"feature space {feature_space!r} needs inputs the strategy did not declare "
+                         f"({sorted(SPACE_INPUTS[feature_space])}); add them to its `requires`")
+    rows = np.arange(len(source)) if rows is None else np.asarray(rows, dtype=np.int64)
+    if feature_space != "class_guided":
+        return np.asarray(source[rows], dtype=np.float32)
+    text = np.asarray(ctx.text_features, dtype=np.float32)
+    out = np.empty((len(rows), source.shape[1] + text.shape[1]), dtype=np.float32)
+    for s in range(0, len(rows), chunk):
+        r = rows[s: s + chunk]
+        out[s: s + chunk, : source.shape[1]] = source[r]
+        out[s: s + chunk, source.shape[1]:] = np.asarray(ctx.probs[r], dtype=np.float32) @ text
+    return out
+
+
+class _ClassGuidedView:
+    """Row-indexable stand-in for the class-guided matrix; rows are built when indexed."""
+
+    def __init__(self, ctx: SelectionContext):
+        self.ctx = ctx
+        self.shape = (len(ctx.pool_features), ctx.pool_features.shape[1] + np.shape(ctx.text_features)[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        return features_in_space(self.ctx, "class_guided", rows.reshape(-1)).reshape(*rows.shape, self.shape[1])
+
+
+def feature_view(ctx: SelectionContext, feature_space: str):
+    """Something kernels can index by pool rows: the cached array itself, or a lazy class-guided view."""
+    if feature_space == "class_guided":
+        return _ClassGuidedView(ctx)
+    return ctx.embeddings if feature_space in ("embedding", "penultimate") else ctx.pool_features
