@@ -69,14 +69,48 @@ class TrainSet:
     features: np.ndarray  # (n, D) cached image features of the labelled rows
     labels: np.ndarray  # (n,) class ids (true for queried rows, assigned for pseudo rows)
     is_pseudo: np.ndarray  # (n,) bool
+    rows: np.ndarray | None = None  # (n,) their pool row ids, for learners that re-read pixels
+
+
+class ImageAccess(ABC):
+    """Pixels of a trial's pool and test split, preprocessed for the trial's encoder, read on demand.
+
+    Only learners that adapt the image path (visual prompts, reprogramming)
+    use it; everything else works on cached features. ``split`` is ``"pool"``
+    or ``"test"``; rows are that split's row ids.
+    """
+
+    @abstractmethod
+    def pixels(self, split: str, rows: np.ndarray):
+        """A float tensor (len(rows), 3, H, W) ready for the encoder."""
+
+    @abstractmethod
+    def size(self, split: str) -> int:
+        ...
 
 
 @dataclass
 class AdaptContext:
+    """What a learner may use besides its training set.
+
+    Feature-path learners need only ``text_features``; prompt learners drive
+    the encoder's towers themselves and need the encoder name, the class names
+    and templates (and the card's per-class descriptions); image-path learners
+    also get ``images``. ``previous`` is the last round's predictor, for
+    learners that continue training instead of re-initialising.
+    """
+
     num_classes: int
     round: int
     text_features: np.ndarray | None  # (C, D) class text embeddings
-    device: str = "cpu"
+    device: str | None = None  # None: CUDA when the task has a GPU, else CPU
+    encoder: str = "tiny-clip"
+    precision: str = "fp32"
+    class_names: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=list)
+    descriptions: dict[str, list[str]] = field(default_factory=dict)  # class name -> sentences
+    images: ImageAccess | None = None
+    previous: Predictor | None = None
 
 
 class Predictor(ABC):
@@ -98,6 +132,26 @@ class Predictor(ABC):
     @abstractmethod
     def from_state(cls, state: dict[str, np.ndarray]) -> "Predictor":
         ...
+
+
+class ImagePredictor(Predictor):
+    """A predictor that adapted the image path, so it must see pixels, not cached features.
+
+    The loop evaluates and selects with ``predict_proba_images`` (inside a task
+    that holds the trial's GPU); ``rows=None`` means the whole split.
+    """
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        raise TypeError(f"{type(self).__name__} adapts the image path and cannot score cached features; "
+                        "use predict_proba_images (strategies needing the predictor on features do not apply)")
+
+    @abstractmethod
+    def predict_proba_images(self, images: ImageAccess, split: str, rows: np.ndarray | None = None) -> np.ndarray:
+        ...
+
+    def embed_images(self, images: ImageAccess, split: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """Penultimate embedding through the adapted image path."""
+        raise NotImplementedError(f"{type(self).__name__} has no penultimate embedding")
 
 
 class Learner(ABC):

@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from methods.base import (EMBEDDINGS, POOL_FEATURES, PREDICTOR, PROBS, TEXT_FEATURES, AdaptContext, Predictor, Selection,
-                          SelectionContext, TrainSet)
+from methods.base import (EMBEDDINGS, POOL_FEATURES, PREDICTOR, PROBS, TEXT_FEATURES, AdaptContext, ImageAccess,
+                          ImagePredictor, Predictor, Selection, SelectionContext, TrainSet)
 from methods.registry import ACQUISITIONS, ADAPTATIONS, load_plugins
 from methods.validation import check_selection_inputs
 
@@ -50,6 +50,13 @@ class TrialData:
     task: str
     num_classes: int
     metric: str  # the dataset's default metric key
+    # What prompt learners need to drive the encoder's towers themselves (see methods.base.AdaptContext).
+    encoder: str = "tiny-clip"
+    precision: str = "fp32"
+    class_names: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=list)
+    descriptions: dict[str, list[str]] = field(default_factory=dict)
+    images: ImageAccess | None = None  # pixels of pool and test, for learners that adapt the image path
 
 
 def _get(value):
@@ -101,22 +108,32 @@ class RoundState:
 
 def _select(strategy_spec: tuple[str, dict], pool_features_ref, predictor: Predictor, labelled: np.ndarray,
             labelled_targets: np.ndarray, pool_size: int, num_classes: int, text_features, round_: int,
-            budget: int, seed: int, plugins: tuple[str, ...] = (), cold: bool = False) -> tuple[Selection, float]:
-    """Build the strategy, compute only its declared inputs, and select."""
+            budget: int, seed: int, plugins: tuple[str, ...] = (), cold: bool = False,
+            images: ImageAccess | None = None) -> tuple[Selection, float]:
+    """Build the strategy, compute only its declared inputs, and select.
+
+    An image-path predictor (VPT, MaPLe) scores the pool by re-encoding its
+    pixels here, inside the task that holds the trial's GPU.
+    """
     t0 = time.perf_counter()
     load_plugins(plugins)
     strategy = ACQUISITIONS.create(strategy_spec[0], **strategy_spec[1])
     needs = strategy.requires
     features = _get(pool_features_ref) if needs & {POOL_FEATURES, PROBS, EMBEDDINGS, PREDICTOR} else None
+    on_pixels = isinstance(predictor, ImagePredictor)
     mask = np.ones(pool_size, bool)
     mask[labelled] = False
+    probs = embeddings = None
+    if PROBS in needs:
+        probs = predictor.predict_proba_images(images, "pool") if on_pixels else predictor.predict_proba(features)
+    if EMBEDDINGS in needs:
+        embeddings = predictor.embed_images(images, "pool") if on_pixels else predictor.embed(features)
     ctx = SelectionContext(
         round=round_, num_classes=num_classes, unlabelled=np.flatnonzero(mask), labelled=labelled,
         labelled_targets=labelled_targets,
         pool_features=features if POOL_FEATURES in needs else None,
-        probs=predictor.predict_proba(features) if PROBS in needs else None,
+        probs=probs, embeddings=embeddings,
         text_features=_get(text_features) if TEXT_FEATURES in needs else None,
-        embeddings=predictor.embed(features) if EMBEDDINGS in needs else None,
         predictor=predictor if PREDICTOR in needs else None,
     )
     check_selection_inputs(strategy_spec[0], ctx, budget)
@@ -153,6 +170,10 @@ def _adapt(learner_spec: tuple[str, dict], train: TrainSet, ctx: AdaptContext, s
     torch.manual_seed(int(phase_rng(seed, ctx.round, _PHASE_ADAPT).integers(2**31)))
     predictor = learner.fit(train, ctx, phase_rng(seed, ctx.round, _PHASE_ADAPT))
     return predictor, time.perf_counter() - t0
+
+
+def _predict_images(predictor: ImagePredictor, images: ImageAccess, split: str) -> np.ndarray:
+    return predictor.predict_proba_images(images, split)
 
 
 # ------------------------------------------------------------ the run
@@ -195,16 +216,23 @@ class ActiveLearningRun:
         """The trial's GPU share goes to the adapt task only when the learner trains on a GPU."""
         return self.num_gpus if getattr(ADAPTATIONS.get(self.adaptation[0]), "num_gpus", 0.0) > 0 else 0.0
 
-    def _adapt_now(self, ledger: BudgetLedger, round_: int) -> tuple[Predictor, float]:
+    def _adapt_now(self, ledger: BudgetLedger, round_: int, previous: Predictor | None = None
+                   ) -> tuple[Predictor, float]:
         rows, targets, pseudo = ledger.arrays()
         pool = _get(self.data.pool_features)
-        train = TrainSet(np.asarray(pool[rows], dtype=np.float32), targets, pseudo)
-        ctx = AdaptContext(self.data.num_classes, round_, np.asarray(_get(self.data.text_features)))
+        train = TrainSet(np.asarray(pool[rows], dtype=np.float32), targets, pseudo, rows=rows)
+        d = self.data
+        ctx = AdaptContext(d.num_classes, round_, np.asarray(_get(d.text_features)), encoder=d.encoder,
+                           precision=d.precision, class_names=list(d.class_names), templates=list(d.templates),
+                           descriptions=dict(d.descriptions), images=d.images, previous=previous)
         return self._call(_adapt, self.adaptation, train, ctx, self.seed, self.plugins, gpus=self.adapt_gpus)
 
     def _evaluate(self, predictor: Predictor, ledger: BudgetLedger, round_: int) -> tuple[dict, float]:
         t0 = time.perf_counter()
-        probs = predictor.predict_proba(_get(self.data.test_features))
+        if isinstance(predictor, ImagePredictor):
+            probs = self._call(_predict_images, predictor, self.data.images, "test", gpus=self.adapt_gpus)
+        else:
+            probs = predictor.predict_proba(_get(self.data.test_features))
         metrics = evaluate(probs, np.asarray(_get(self.data.test_labels)), self.data.task)
         rows, targets, pseudo = ledger.arrays()
         truth = self._pool_labels[rows]
@@ -241,13 +269,14 @@ class ActiveLearningRun:
         labelled, targets, _ = state.ledger.arrays()
         selection, select_work = self._call(
             _select, strategy, self.data.pool_features, state.predictor, labelled, targets, self.pool_size,
-            self.data.num_classes, self.data.text_features, r, self.budgets[r - 1], self.seed, self.plugins, cold)
+            self.data.num_classes, self.data.text_features, r, self.budgets[r - 1], self.seed, self.plugins, cold,
+            self.data.images)
         t_select = time.perf_counter() - t0
         ledger = BudgetLedger.from_state(state.ledger.state())
         ledger.query(selection.indices, self._pool_labels[selection.indices])
         ledger.add_pseudo({int(k): int(v) for k, v in selection.pseudo_labels.items()})
         t1 = time.perf_counter()
-        predictor, adapt_work = self._adapt_now(ledger, r)
+        predictor, adapt_work = self._adapt_now(ledger, r, previous=state.predictor)
         t_adapt = time.perf_counter() - t1
         metrics, t_eval = self._evaluate(predictor, ledger, r)
         # *_work is time inside the task; the rest of seconds_select/_adapt is Ray dispatch overhead.

@@ -52,6 +52,7 @@ def prepare_data(config: SweepConfig) -> dict[str, dict]:
     from datasets.registry import get_card
 
     from .features import DEFAULT_CACHE, EmbedOptions, embed_class_texts, embed_splits
+    from .images import DatasetImages
     from .zeroshot import class_embeddings
 
     cache = Path(config.cache).expanduser() if config.cache else DEFAULT_CACHE
@@ -78,6 +79,12 @@ def prepare_data(config: SweepConfig) -> dict[str, dict]:
                 "text_features": ray.put(class_embeddings(text["embeddings"])),
                 "task": card.task, "num_classes": card.num_classes, "metric": metric_for(card),
                 "pool_size": len(pool),
+                "encoder": config.encoder, "precision": config.precision, "class_names": list(card.classes),
+                "templates": card.prompts(config.protocol),
+                "descriptions": {c: list(a.positive) for c, a in card.attributes.items() if a.positive},
+                "images": DatasetImages(n, {"pool": config.pool_split, "test": config.test_split},
+                                        {"pool": np.asarray(pool.indices), "test": np.asarray(test.indices)},
+                                        config.encoder, dict(opts)),
             }
     return refs
 
@@ -104,7 +111,9 @@ def build_run(trial: dict, data: dict, remote: bool = True, num_cpus: float = 1.
         adaptation=(method["adaptation"], method["adaptation_options"]),
         schedule=schedule, rounds_total=trial["rounds"], seed=trial["seed"],
         data=TrialData(**{k: data[k] for k in ("pool_features", "pool_labels", "test_features", "test_labels",
-                                               "text_features", "task", "num_classes", "metric")}),
+                                               "text_features", "task", "num_classes", "metric", "encoder",
+                                               "precision", "class_names", "templates", "descriptions", "images")
+                          if k in data}),
         cold_start=trial["cold_start"], remote=remote, num_cpus=num_cpus, num_gpus=num_gpus,
         plugins=tuple(trial.get("plugins", ())),
     )
