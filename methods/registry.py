@@ -111,3 +111,29 @@ def load_plugins(modules: tuple[str, ...] | list[str]) -> None:
             spec.loader.exec_module(mod)
         else:
             importlib.import_module(module)
+
+
+def with_defaults(**defaults):
+    """Class decorator: the same constructor as the parent's, with some defaults changed.
+
+    The changed defaults show in the class's signature, so option validation
+    and the config hash (which reads resolved defaults) see them.
+    """
+
+    def deco(cls):
+        parent_init = cls.__init__
+        signature = inspect.signature(parent_init)
+        unknown = sorted(set(defaults) - set(signature.parameters))
+        if unknown:
+            raise TypeError(f"{cls.__name__}: no such constructor option(s) {unknown}")
+
+        def __init__(self, **options):
+            parent_init(self, **{**defaults, **options})
+
+        __init__.__signature__ = signature.replace(parameters=[
+            p.replace(default=defaults[p.name]) if p.name in defaults else p for p in signature.parameters.values()])
+        __init__.__doc__ = parent_init.__doc__
+        cls.__init__ = __init__
+        return cls
+
+    return deco

@@ -1,0 +1,513 @@
+"""Strategies that query the current model itself: BALD, ALFA-Mix, and the PCB class-balancing wrapper.
+
+BALD and ALFA-Mix perturb the *inputs* of the current predictor (dropout
+masks, feature mixing) and watch its predictions move, so they declare
+``PREDICTOR`` and work on the cached pool features the predictor consumes.
+PCB wraps any registered strategy and re-balances its picks across the
+classes the model predicts.
+
+Every pool-wide pass runs in row chunks, so memory grows with the chunk,
+never with N x C x T, N x d x C or N^2. Randomness comes only from the
+``rng`` handed to ``select``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..base import (POOL_FEATURES, PREDICTOR, PROBS, TEXT_FEATURES, AcquisitionStrategy, AdaptContext,
+                    ImagePredictor, Predictor, Selection, SelectionContext, TrainSet)
+from ..feature_space import features_in_space, space_inputs
+from ..kernels import kmeans
+from ..registry import ACQUISITIONS, register_acquisition
+from ..validation import AcquisitionInputError
+from .uncertainty import top_k
+
+
+def _entropy(probs: np.ndarray) -> np.ndarray:
+    """Row entropies (nats) in float64; 0 log 0 counts as 0."""
+    p = np.asarray(probs, dtype=np.float64)
+    return -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=-1)
+
+
+def mutual_information(samples: np.ndarray) -> np.ndarray:
+    """BALD's score from stacked draws ``samples`` (T, n, C): ``H(mean_t p_t) - mean_t H(p_t)``."""
+    samples = np.asarray(samples, dtype=np.float64)
+    return _entropy(samples.mean(axis=0)) - _entropy(samples).mean(axis=0)
+
+
+def _require_feature_predictor(strategy: str, predictor: Predictor | None) -> Predictor:
+    if predictor is None:
+        raise AcquisitionInputError(f"{strategy}: no predictor in the selection context; "
+                                    f"the loop passes it only to strategies whose `requires` has {PREDICTOR!r}")
+    if isinstance(predictor, ImagePredictor):
+        raise AcquisitionInputError(
+            f"{strategy}: the current learner ({type(predictor).__name__}) adapts the image path and cannot score "
+            "perturbed cached features; pair this strategy with a feature-path learner (zeroshot, linear_probe)")
+    return predictor
+
+
+# ------------------------------------------------------------------ BALD
+
+
+def mc_dropout_scores(predictor: Predictor, features: np.ndarray, rows: np.ndarray, p: float, samples: int,
+                      rng: np.random.Generator, chunk: int = 4096) -> np.ndarray:
+    """Mutual information of ``rows`` under ``samples`` dropout masks on the predictor's input features.
+
+    Inverted dropout: a kept feature is scaled by ``1 / (1 - p)``. For each
+    chunk of rows, pass ``t`` draws its mask as ``rng.random((len(chunk), d),
+    dtype=float32) >= p``, chunks in order and passes in order inside a chunk
+    (so the draws depend on ``chunk``, which is part of the options). Only
+    running sums of the probabilities and of the entropies are kept: memory
+    is O(chunk x (C + d)).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty(len(rows), dtype=np.float64)
+    scale = np.float32(1.0 / (1.0 - p))
+    for s in range(0, len(rows), chunk):
+        x = np.asarray(features[rows[s: s + chunk]], dtype=np.float32)
+        mean_p = None
+        mean_h = np.zeros(len(x), dtype=np.float64)
+        for _ in range(samples):
+            keep = rng.random(x.shape, dtype=np.float32) >= p
+            probs = np.asarray(predictor.predict_proba(x * keep * scale), dtype=np.float64)
+            mean_p = probs if mean_p is None else mean_p + probs
+            mean_h += _entropy(probs)
+        out[s: s + chunk] = _entropy(mean_p / samples) - mean_h / samples
+    return out
+
+
+def ensemble_scores(heads: list[Predictor], features: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Mutual information of ``rows`` across the heads' predictions, chunk by chunk."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty(len(rows), dtype=np.float64)
+    for s in range(0, len(rows), chunk):
+        x = np.asarray(features[rows[s: s + chunk]], dtype=np.float32)
+        out[s: s + chunk] = mutual_information(np.stack([h.predict_proba(x) for h in heads]))
+    return out
+
+
+@register_acquisition("bald")
+class Bald(AcquisitionStrategy):
+    """BALD (Houlsby et al., 2011; deep version Gal, Islam & Ghahramani, ICML 2017).
+
+    Score: the mutual information between a point's label and the model,
+    ``I = H(mean_t p_t) - mean_t H(p_t)``, over T stochastic predictions;
+    the ``budget`` highest (ties to the lower row id) are queried.
+
+    * ``mode="mc_dropout"`` (default): T = ``samples`` passes of the current
+      predictor over the unlabelled features with dropout ``p`` on those
+      features (inverted scaling, masks from ``rng``).
+    * ``mode="ensemble"``: ``ensemble_size`` linear probes
+      (:class:`methods.adaptation.linear_probe.LinearProbe`, options
+      ``probe_options``, text-feature init) fitted on bootstrap resamples of
+      the labelled set's cached features; T = the heads.
+
+    Deviations from the papers:
+
+    * The dropout sits on the *input* of the predictor (the frozen CLIP
+      features), the only place a head on cached features has; the
+      published MC dropout uses the dropout layers the network was trained
+      with. The heads here are trained without dropout, so the masks are a
+      perturbation of a point estimate, not samples of a variational
+      posterior. ``p = 0.2`` follows Srivastava et al. (JMLR 2014), whose
+      experiments typically keep input units with probability 0.8 and hidden
+      ones with 0.5: these masks hit the head's inputs, and 0.5 would wipe
+      out half of every embedding.
+    * Ensemble members differ only through the bootstrap (the text-initialised
+      probe is deterministic), and pseudo-labelled rows count as labelled.
+      With fewer than two labelled rows the heads cannot disagree, so the
+      round falls back to ``mc_dropout`` scores (noted in ``extras``).
+    * Selection is top-B, not BatchBALD's joint batch score.
+    """
+
+    def __init__(self, mode: str = "mc_dropout", samples: int = 20, p: float = 0.2, ensemble_size: int = 5,
+                 probe_options: dict | None = None, chunk: int = 4096):
+        if mode not in ("mc_dropout", "ensemble"):
+            raise ValueError(f"bald: mode must be 'mc_dropout' or 'ensemble', got {mode!r}")
+        if not isinstance(samples, (int, np.integer)) or samples < 2:
+            raise ValueError(f"bald: samples must be an integer >= 2 (one pass has no disagreement), got {samples!r}")
+        if not 0.0 < float(p) < 1.0:
+            raise ValueError(f"bald: dropout p must be in (0, 1), got {p!r}")
+        if not isinstance(ensemble_size, (int, np.integer)) or ensemble_size < 2:
+            raise ValueError(f"bald: ensemble_size must be an integer >= 2, got {ensemble_size!r}")
+        if not isinstance(chunk, (int, np.integer)) or chunk < 1:
+            raise ValueError(f"bald: chunk must be a positive integer (rows per block), got {chunk!r}")
+        probe_options = dict(probe_options or {})
+        from ..adaptation.linear_probe import LinearProbe
+
+        try:
+            LinearProbe(**probe_options)
+        except TypeError as err:
+            raise ValueError(f"bald: probe_options are not LinearProbe options ({err})") from None
+        except ValueError as err:
+            raise ValueError(f"bald: probe_options: {err}") from None
+        self.mode, self.samples, self.p = mode, int(samples), float(p)
+        self.ensemble_size, self.probe_options, self.chunk = int(ensemble_size), probe_options, int(chunk)
+        self.requires = frozenset({PREDICTOR, POOL_FEATURES}) | (
+            frozenset({TEXT_FEATURES}) if mode == "ensemble" else frozenset())
+
+    def _heads(self, ctx: SelectionContext, rng: np.random.Generator) -> list[Predictor]:
+        import torch
+
+        from ..adaptation.linear_probe import LinearProbe
+
+        labelled = np.asarray(ctx.labelled, dtype=np.int64)
+        targets = np.asarray(ctx.labelled_targets, dtype=np.int64)
+        x = np.asarray(ctx.pool_features[labelled], dtype=np.float32)
+        actx = AdaptContext(ctx.num_classes, ctx.round, np.asarray(ctx.text_features, dtype=np.float32), device="cpu")
+        heads = []
+        threads = torch.get_num_threads()
+        if len(labelled) <= 4096:  # a few hundred rows: OpenMP threads only contend (6x slower on 2 busy cores)
+            torch.set_num_threads(1)
+        try:
+            for _ in range(self.ensemble_size):
+                boot = rng.integers(len(labelled), size=len(labelled))
+                train = TrainSet(x[boot], targets[boot], np.zeros(len(boot), bool), rows=labelled[boot])
+                heads.append(LinearProbe(**self.probe_options).fit(train, actx, rng))
+        finally:
+            torch.set_num_threads(threads)
+        return heads
+
+    def scores(self, ctx: SelectionContext, rng: np.random.Generator) -> np.ndarray:
+        """BALD scores of ``ctx.unlabelled``, in that order."""
+        if self.mode == "ensemble" and len(ctx.labelled) >= 2:
+            return ensemble_scores(self._heads(ctx, rng), ctx.pool_features, ctx.unlabelled, self.chunk)
+        if self.mode == "ensemble":
+            ctx.extras["bald_fallback"] = "mc_dropout (fewer than 2 labelled rows)"
+        predictor = _require_feature_predictor("bald", ctx.predictor)
+        return mc_dropout_scores(predictor, ctx.pool_features, ctx.unlabelled, self.p, self.samples, rng, self.chunk)
+
+    def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
+        unlabelled = np.asarray(ctx.unlabelled, dtype=np.int64)
+        return Selection(top_k(self.scores(ctx, rng), unlabelled, budget))
+
+
+# -------------------------------------------------------------- ALFA-Mix
+
+
+def alfamix_anchors(ctx: SelectionContext) -> tuple[np.ndarray, str]:
+    """The mixing anchors, in the predictor's input space, and where they came from.
+
+    With labels: the mean cached feature of each labelled class, plus (as in
+    the authors' code, which uses it for every class without labels) the mean
+    of all labelled features when some class has none. With no labels: the
+    class text features (CLIP's joint space; a deviation, so round 1 works
+    under ``cold_start: none``).
+    """
+    features = ctx.pool_features
+    labelled = np.asarray(ctx.labelled, dtype=np.int64)
+    if len(labelled) == 0:
+        if ctx.text_features is None:
+            raise AcquisitionInputError("alfamix: no labelled rows and no class text features to anchor on")
+        text = np.asarray(ctx.text_features, dtype=np.float32)
+        if text.shape[1] != features.shape[1]:
+            raise AcquisitionInputError(
+                f"alfamix: with no labelled rows the anchors are the class text features, but they have "
+                f"{text.shape[1]} dims and the pool features {features.shape[1]}; label a few rows first "
+                "(cold_start: random) or use an encoder whose towers share one space")
+        return text, "text"
+    targets = np.asarray(ctx.labelled_targets, dtype=np.int64)
+    x = np.asarray(features[labelled], dtype=np.float64)
+    sums = np.zeros((ctx.num_classes, x.shape[1]))
+    np.add.at(sums, targets, x)
+    counts = np.bincount(targets, minlength=ctx.num_classes)
+    present = counts > 0
+    anchors = sums[present] / counts[present, None]
+    if not present.all():
+        anchors = np.vstack([anchors, x.mean(axis=0, keepdims=True)])
+    return anchors.astype(np.float32), "labelled"
+
+
+def _mix_block(x, anchors, predictor: Predictor, alpha_cap: float, search: str, levels: np.ndarray,
+               device: str, want_alpha: bool = False):
+    """Mix one block of rows with every anchor; return (changed (r, A), margin (r,), alpha (r, A, d) or None).
+
+    ``gradient`` (a :class:`LinearPredictor`): per dimension ``alpha_j = cap``
+    where moving towards the anchor increases the cross-entropy of the
+    predicted label to first order (``g_j (z*_j - z_j) > 0``, ``g`` its
+    analytic input gradient ``W^T (p - onehot(y)) / T``), else 0: the exact
+    maximiser of the linearised loss over the box ``0 <= alpha <= cap``.
+    ``grid``: one scalar ``alpha`` per mix from ``levels``; the reported alpha
+    is the smallest level that changed the label (``cap`` if none did).
+    """
+    import torch
+
+    from ..adaptation.zeroshot import LinearPredictor
+
+    r, d = x.shape
+    a = torch.as_tensor(anchors, device=device)
+    if search == "gradient":
+        assert isinstance(predictor, LinearPredictor)
+        w = torch.as_tensor(np.asarray(predictor.weight, dtype=np.float32), device=device)
+        b = torch.as_tensor(np.asarray(predictor.bias, dtype=np.float32), device=device)
+        xt = torch.as_tensor(x, device=device)
+        logits = xt @ w.T + b
+        pred = logits.argmax(1)
+        probs = torch.softmax(logits / predictor.temperature, dim=1)
+        top2 = probs.topk(min(2, probs.shape[1]), dim=1).values
+        margin = (top2[:, 0] - top2[:, -1]).cpu().numpy()
+        probs[torch.arange(r, device=device), pred] -= 1.0
+        grad = probs @ w  # (r, d): d CE / d x up to the positive factor 1/T
+        # keep_j = [g_j (z*_j - z_j) > 0] keeps the part of z* - z that climbs the loss; z + keep * (z* - z)
+        # equals clamp(z*, lo, hi) with lo = z where g >= 0 (else -inf) and hi = z where g <= 0 (else +inf).
+        # One fused pass over (r, A, d) instead of building z* - z, the mask and the mix separately.
+        inf = torch.tensor(float("inf"), device=device)
+        lo = torch.where(grad >= 0, xt, -inf)[:, None, :]
+        hi = torch.where(grad <= 0, xt, inf)[:, None, :]
+        moved = torch.clamp(a[None, :, :].expand(r, -1, -1), min=lo, max=hi)  # z + keep * (z* - z)
+        # logits of z + cap * keep * (z* - z) = (1 - cap) l(z) + cap l(z + keep * (z* - z)); l is affine
+        mixed = (moved.reshape(-1, d) @ w.T).reshape(r, -1, w.shape[0]).mul_(alpha_cap)
+        mixed.add_(((1.0 - alpha_cap) * (xt @ w.T))[:, None, :]).add_(b)
+        changed = mixed.argmax(-1) != pred[:, None]
+        if want_alpha:
+            keep = (a[None, :, :] - xt[:, None, :]) * grad[:, None, :] > 0
+            alpha = (keep.to(xt.dtype) * alpha_cap).cpu().numpy()
+        else:
+            alpha = None
+        return changed.cpu().numpy(), margin, alpha
+    probs = np.asarray(predictor.predict_proba(x), dtype=np.float64)
+    pred = probs.argmax(1)
+    top2 = -np.sort(-probs, axis=1)[:, :2]
+    margin = top2[:, 0] - top2[:, -1]
+    changed = np.zeros((r, len(anchors)), dtype=bool)
+    alpha = np.full((r, len(anchors)), alpha_cap, dtype=np.float32)
+    for level in levels[::-1]:  # largest first, so the smallest flipping level is written last
+        mixed = (1.0 - level) * x[:, None, :] + level * anchors[None, :, :]
+        flipped = np.asarray(predictor.predict_proba(mixed.reshape(-1, d))).argmax(1).reshape(r, -1) != pred[:, None]
+        changed |= flipped
+        alpha[flipped] = level
+    full = np.broadcast_to(alpha[:, :, None], (r, len(anchors), d)).copy() if want_alpha else None
+    return changed, margin, full
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster ids and centres of ``x`` through the shared faiss/torch kernel."""
+    centres, labels = kmeans(x, k, seed)
+    return labels, centres
+
+
+def _nearest_to_centres(x: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """For each non-empty cluster, the position of its member nearest the centre (published rule)."""
+    dist = ((x - centres[labels]) ** 2).sum(1)
+    order = np.lexsort((np.arange(len(x)), dist, labels))  # by cluster, then distance, then position
+    first = np.flatnonzero(np.r_[True, labels[order][1:] != labels[order][:-1]])
+    return order[first].astype(np.int64)
+
+
+@register_acquisition("alfamix")
+class AlfaMix(AcquisitionStrategy):
+    """ALFA-Mix (Parvaneh et al., CVPR 2022, "Active Learning by Feature Mixing").
+
+    For every unlabelled feature ``z`` and anchor ``z*`` (per-class mean of the
+    labelled features) the mix ``(1 - alpha) z + alpha z*`` with
+    ``0 <= alpha <= alpha_cap`` (per dimension; 0.2 as in the authors' runs)
+    is fed to the current predictor; points whose predicted label changes for
+    some anchor are candidates. If there are more candidates than the budget,
+    k-means (K = budget) on the L2-normalised candidate features (in
+    ``feature_space``) picks the candidate nearest each centre, as published.
+    Otherwise all candidates are taken and the rest is filled (``fill``):
+    ``random`` -- uniformly from the other unlabelled rows, as the authors'
+    code does (without its replacement bug); ``margin`` -- the smallest top-2
+    probability margins, ties to the lower row id.
+
+    Choosing alpha (``alpha_search``):
+
+    * ``gradient`` (``auto`` with a ``LinearPredictor``): the analytic input
+      gradient of the cross-entropy of the predicted label gives the closed
+      form ``alpha_j = cap * [g_j (z*_j - z_j) > 0]``, the maximiser of the
+      first-order loss over the box ``[0, cap]^d``. Deviation: the paper's
+      closed form (its Eq. 5, ``eps ||z* - z|| / ||g|| * g / (z* - z)``) solves
+      an L2-relaxed problem whose per-dimension alpha is unbounded (it
+      divides by ``z* - z``; the authors' code also scales the cap by
+      ``1/sqrt(d)``); the box solution keeps every alpha within the cap.
+    * ``grid`` (``auto`` with any other predictor, which only offers
+      ``predict_proba``): a scalar alpha tried at ``alpha_grid`` evenly spaced
+      levels in ``(0, cap]``; no gradient is available.
+
+    Other deviations: mixing happens in the space the predictor consumes (the
+    cached pool features), since a generic predictor cannot be run from
+    another space; ``feature_space`` only chooses where k-means clusters.
+    The authors' code raises the cap in steps of 0.2 until there are more
+    candidates than the budget; the cap here is fixed and the rest filled.
+    With no labelled rows (``cold_start: none``) the anchors are the class text
+    features (CLIP's joint space); the paper always starts from labels.
+    Cost: O(N x A x d x C) for A anchors, in blocks of ``working_mb``.
+    """
+
+    def __init__(self, alpha_cap: float = 0.2, alpha_search: str = "auto", alpha_grid: int = 4,
+                 fill: str = "random", feature_space: str = "image", working_mb: int = 256):
+        if not 0.0 < float(alpha_cap) <= 1.0:
+            raise ValueError(f"alfamix: alpha_cap must be in (0, 1], got {alpha_cap!r}")
+        if alpha_search not in ("auto", "gradient", "grid"):
+            raise ValueError(f"alfamix: alpha_search must be 'auto', 'gradient' or 'grid', got {alpha_search!r}")
+        if not isinstance(alpha_grid, (int, np.integer)) or alpha_grid < 1:
+            raise ValueError(f"alfamix: alpha_grid must be an integer >= 1 (levels tried), got {alpha_grid!r}")
+        if fill not in ("random", "margin"):
+            raise ValueError(f"alfamix: fill must be 'random' or 'margin', got {fill!r}")
+        if not isinstance(working_mb, (int, np.integer)) or working_mb < 0:
+            raise ValueError(f"alfamix: working_mb must be an integer >= 0, got {working_mb!r}")
+        self.alpha_cap, self.alpha_search, self.alpha_grid = float(alpha_cap), alpha_search, int(alpha_grid)
+        self.fill, self.feature_space, self.working_mb = fill, feature_space, int(working_mb)
+        self.requires = frozenset({PREDICTOR, POOL_FEATURES, TEXT_FEATURES}) | space_inputs("alfamix", feature_space)
+
+    def _search(self, predictor: Predictor) -> str:
+        from ..adaptation.zeroshot import LinearPredictor
+
+        linear = isinstance(predictor, LinearPredictor)
+        if self.alpha_search == "gradient" and not linear:
+            raise AcquisitionInputError(
+                f"alfamix: alpha_search='gradient' needs a LinearPredictor (analytic input gradient), got "
+                f"{type(predictor).__name__}; use alpha_search='grid' or 'auto'")
+        return "gradient" if (self.alpha_search == "auto" and linear) or self.alpha_search == "gradient" else "grid"
+
+    def levels(self) -> np.ndarray:
+        return (self.alpha_cap * np.arange(1, self.alpha_grid + 1) / self.alpha_grid).astype(np.float32)
+
+    def mixing(self, ctx: SelectionContext, rows: np.ndarray | None = None) -> dict:
+        """The mixing used, for inspection on small inputs: alpha (n, A, d), changed (n, A), anchors, search."""
+        predictor = _require_feature_predictor("alfamix", ctx.predictor)
+        anchors, source = alfamix_anchors(ctx)
+        rows = ctx.unlabelled if rows is None else rows
+        x = np.asarray(ctx.pool_features[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
+        search = self._search(predictor)
+        changed, margin, alpha = _mix_block(x, anchors, predictor, self.alpha_cap, search, self.levels(), "cpu", True)
+        return {"alpha": alpha, "changed": changed, "margin": margin, "anchors": anchors, "anchor_source": source,
+                "search": search}
+
+    def candidates(self, ctx: SelectionContext) -> tuple[np.ndarray, np.ndarray]:
+        """Whether each unlabelled row's label flips for some anchor, and its top-2 margin (both in row order)."""
+        from orchestrator.encoders import pick_device
+
+        predictor = _require_feature_predictor("alfamix", ctx.predictor)
+        anchors, source = alfamix_anchors(ctx)
+        ctx.extras["alfamix_anchors"] = source
+        search = self._search(predictor)
+        device = pick_device() if search == "gradient" else "cpu"
+        unlabelled = np.asarray(ctx.unlabelled, dtype=np.int64)
+        d = anchors.shape[1]
+        step = max(1, (self.working_mb << 20) // (4 * 4 * len(anchors) * d))  # ~4 live (r, A, d) float blocks
+        flips = np.zeros(len(unlabelled), dtype=bool)
+        margins = np.empty(len(unlabelled), dtype=np.float64)
+        levels = self.levels()
+        for s in range(0, len(unlabelled), step):
+            x = np.asarray(ctx.pool_features[unlabelled[s: s + step]], dtype=np.float32)
+            changed, margin, _ = _mix_block(x, anchors, predictor, self.alpha_cap, search, levels, device)
+            flips[s: s + step] = changed.any(1)
+            margins[s: s + step] = margin
+        return flips, margins
+
+    def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
+        unlabelled = np.asarray(ctx.unlabelled, dtype=np.int64)
+        if budget == 0:
+            return Selection(np.empty(0, dtype=np.int64))
+        flips, margins = self.candidates(ctx)
+        cand = unlabelled[flips]
+        ctx.extras["alfamix_candidates"] = len(cand)
+        if len(cand) > budget:
+            z = features_in_space(ctx, self.feature_space, cand)
+            z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+            labels, centres = _kmeans(z, budget, int(rng.integers(2**31)))
+            chosen = cand[_nearest_to_centres(z, labels, centres)]
+        else:
+            chosen = cand
+        short = budget - len(chosen)
+        if short > 0:  # too few candidates (or an empty cluster): fill from the other unlabelled rows
+            rest_mask = ~np.isin(unlabelled, chosen)
+            rest = unlabelled[rest_mask]
+            if self.fill == "margin":
+                extra = top_k(-margins[rest_mask], rest, short)
+            else:
+                extra = rng.choice(rest, size=short, replace=False)
+            chosen = np.concatenate([chosen, extra])
+        return Selection(np.asarray(chosen, dtype=np.int64))
+
+
+# ------------------------------------------------------------------- PCB
+
+
+@register_acquisition("pcb")
+class PseudoClassBalance(AcquisitionStrategy):
+    """PCB (Bang et al., CVPR 2024, "Active Prompt Learning in Vision Language Models").
+
+    A wrapper: the ``base`` strategy (BADGE in the paper) picks
+    ``max(budget, ceil(gamma * |unlabelled|))`` candidates; each candidate is
+    pseudo-labelled with the current model's prediction (argmax of
+    ``probs``). Then, until the budget is spent, the class with the fewest
+    examples so far (labelled rows by ``labelled_targets`` -- true or pseudo
+    -- plus rows already chosen this round, ties to the lower class id) gives
+    one of its candidates: uniformly at random (``within_class="random"``, as
+    in the authors' code) or the base's earliest pick (``"base_order"``).
+
+    Deviations: the authors' code looks for the least-counted class among
+    *all* classes, and when that class has no candidate left it draws a random
+    candidate without counting it, so one empty class turns the rest of the
+    round into random sampling; here only classes that still have candidates
+    compete. The authors take ``int(gamma * |U|)`` candidates, which can be
+    fewer than the budget; here at least the budget. Pseudo labels a base may
+    return are dropped (PCB queries its picks).
+    """
+
+    def __init__(self, base: str = "badge", base_options: dict | None = None, gamma: float = 0.1,
+                 within_class: str = "random"):
+        if not isinstance(base, str):
+            raise ValueError(f"pcb: base must be a strategy name, got {base!r}")
+        if base == "pcb":
+            raise ValueError("pcb: base cannot be 'pcb' itself; pick the strategy PCB re-balances, e.g. 'badge'")
+        if base_options is not None and not isinstance(base_options, dict):
+            raise ValueError(f"pcb: base_options must be a dict of the base strategy's options, got {base_options!r}")
+        if not 0.0 < float(gamma) <= 1.0:
+            raise ValueError(f"pcb: gamma (candidate fraction of the unlabelled pool) must be in (0, 1], got {gamma!r}")
+        if within_class not in ("random", "base_order"):
+            raise ValueError(f"pcb: within_class must be 'random' or 'base_order', got {within_class!r}")
+        try:
+            self.base = ACQUISITIONS.create(base, **(base_options or {}))
+        except KeyError as err:
+            raise ValueError(f"pcb: base: {err.args[0]}") from None
+        except ValueError as err:
+            raise ValueError(f"pcb: base {base!r}: {err}") from None
+        self.base_name, self.gamma, self.within_class = base, float(gamma), within_class
+        self.requires = frozenset(self.base.requires) | {PROBS}
+
+    def candidate_count(self, unlabelled: int, budget: int) -> int:
+        return min(unlabelled, max(budget, math.ceil(self.gamma * unlabelled)))
+
+    def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
+        unlabelled = np.asarray(ctx.unlabelled, dtype=np.int64)
+        if budget == 0:
+            return Selection(np.empty(0, dtype=np.int64))
+        want = self.candidate_count(len(unlabelled), budget)
+        cand = np.asarray(self.base.select(ctx, want, rng).indices, dtype=np.int64)
+        _, first = np.unique(cand, return_index=True)
+        cand = cand[np.sort(first)]  # keep base order, drop repeats
+        if len(cand) < budget:
+            raise AcquisitionInputError(f"pcb: base {self.base_name!r} returned {len(cand)} distinct candidates for "
+                                        f"a budget of {budget}; use a base that fills its budget")
+        return Selection(self.balance(ctx, cand, budget, rng))
+
+    def balance(self, ctx: SelectionContext, cand: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+        """Pseudo-class-balanced pick of ``budget`` rows from ``cand`` (in base order)."""
+        num_classes = ctx.num_classes
+        targets = np.asarray(ctx.labelled_targets, dtype=np.int64)
+        if targets.size and (targets.min() < 0 or targets.max() >= num_classes):
+            raise AcquisitionInputError(f"pcb: labelled targets must be class ids in [0, {num_classes}), got "
+                                        f"{int(targets.min())}..{int(targets.max())}")
+        counts = np.bincount(targets, minlength=num_classes).astype(np.int64)
+        pred = np.asarray(ctx.probs[cand]).argmax(1)
+        queues = []
+        for c in range(num_classes):
+            members = cand[pred == c]
+            queues.append(list(rng.permutation(members) if self.within_class == "random" else members))
+        heads = np.zeros(num_classes, dtype=np.int64)
+        sizes = np.asarray([len(q) for q in queues])
+        chosen = []
+        big = np.iinfo(np.int64).max
+        for _ in range(budget):
+            open_counts = np.where(heads < sizes, counts, big)
+            c = int(np.argmin(open_counts))
+            chosen.append(queues[c][heads[c]])
+            heads[c] += 1
+            counts[c] += 1
+        return np.asarray(chosen, dtype=np.int64)

@@ -1,0 +1,506 @@
+"""k-means, exact kNN and radius graphs for the clustering strategies, memory-bounded at any pool size.
+
+Backends:
+
+* ``faiss`` -- faiss on CPU, or on the GPU when faiss was built with GPU
+  support (``faiss.get_num_gpus() > 0``) and the device is CUDA;
+* ``torch`` -- blocked torch matmuls on the device, used when the device is
+  CUDA but faiss is CPU-only (the ``faiss-cpu`` wheel). It also runs on CPU,
+  which is how the tests check that both backends agree.
+
+``backend=None`` picks faiss unless the device is CUDA and faiss has no GPU
+(or faiss is not installed).
+
+Memory: no function allocates an N x N matrix. Anything O(N x K) (distances
+from a block of rows to all centroids, neighbours or points) is computed in
+blocks whose size is bounded by ``working_bytes`` (``rows_per_chunk``). The
+outputs themselves (N x k neighbour lists, radius-graph edges) are what the
+caller asked for; the radius graph refuses to grow past ``max_edges``.
+
+Determinism: every random choice (k-means++ seeding, training subsample)
+comes from ``numpy.random.default_rng(seed)``, and both backends run the
+same Lloyd iterations from the same initial centroids, so a seed gives the
+same clustering on every run of a backend (and, up to floating-point ties,
+across backends).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from orchestrator.encoders import pick_device
+
+from ._torch import as_tensor, rows_per_chunk
+
+DEFAULT_WORKING_BYTES = 256 << 20
+
+
+class TooManyEdges(RuntimeError):
+    """The radius graph would exceed ``max_edges``; use a smaller radius or a degree-capped graph."""
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def faiss_available() -> bool:
+    try:
+        _faiss()
+    except ImportError:
+        return False
+    return True
+
+
+def faiss_has_gpu() -> bool:
+    try:
+        return _faiss().get_num_gpus() > 0
+    except (ImportError, AttributeError, RuntimeError):  # no faiss, or a build without the GPU query
+        return False
+
+
+def resolve_backend(device: str | None = None, backend: str | None = None) -> tuple[str, str]:
+    """``(backend, device)``: the requested ones, else faiss unless CUDA is present and faiss is CPU-only.
+
+    Without faiss installed everything runs on the torch backend.
+    """
+    device = pick_device(device)
+    if backend is None:
+        cpu_only_faiss = device.startswith("cuda") and not faiss_has_gpu()
+        backend = "torch" if cpu_only_faiss or not faiss_available() else "faiss"
+    if backend not in ("faiss", "torch"):
+        raise ValueError(f"backend must be 'faiss' or 'torch', got {backend!r}")
+    return backend, device
+
+
+def _f32(x) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+
+
+def _faiss_index(d: int, use_gpu: bool):
+    faiss = _faiss()
+    index = faiss.IndexFlatL2(d)
+    if use_gpu:
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Nearest centroid / k-means
+
+
+def _assign_torch(xt, ct, working_bytes: int):
+    """(squared distance, index) of the nearest row of ``ct`` for every row of ``xt`` (torch, blocked)."""
+    import torch
+
+    n = len(xt)
+    best_d = torch.empty(n, device=xt.device)
+    best_i = torch.empty(n, dtype=torch.int64, device=xt.device)
+    c_norm = (ct * ct).sum(1)
+    step = rows_per_chunk(len(ct), working_bytes)
+    for s in range(0, n, step):
+        xb = xt[s: s + step]
+        d = (xb * xb).sum(1, keepdim=True) - 2 * xb @ ct.T + c_norm[None, :]
+        v, i = d.min(1)
+        best_d[s: s + step] = v.clamp_min_(0)
+        best_i[s: s + step] = i
+    return best_d, best_i
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, device: str | None = None, backend: str | None = None,
+           working_bytes: int = DEFAULT_WORKING_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """Squared distance to, and index of, the nearest centroid of every row of ``x``."""
+    backend, device = resolve_backend(device, backend)
+    if backend == "faiss":
+        x, centroids = _f32(x), _f32(centroids)
+        index = _faiss_index(centroids.shape[1], device.startswith("cuda") and faiss_has_gpu())
+        index.add(centroids)
+        d, i = index.search(x, 1)
+        return np.maximum(d[:, 0], 0), i[:, 0].astype(np.int64)
+    xt, ct = as_tensor(x, device), as_tensor(centroids, device)
+    d, i = _assign_torch(xt, ct, working_bytes)
+    return d.cpu().numpy(), i.cpu().numpy()
+
+
+def kmeanspp_init(x: np.ndarray, k: int, rng: np.random.Generator, weights: np.ndarray | None = None,
+                  device: str = "cpu", n_local_trials: int | None = None) -> np.ndarray:
+    """Row ids of ``k`` distinct greedy k-means++ seeds (Arthur & Vassilvitskii, 2007; as scikit-learn does it).
+
+    The first seed is drawn uniformly (or by weight); each next one draws
+    ``n_local_trials`` (default ``2 + log k``) candidates by D^2 (x weight)
+    sampling and keeps the one that lowers the potential most. Each step costs
+    O(trials n d) on ``device`` and moves ``trials`` scalars to the host; when
+    every remaining point sits on a seed the next one is uniform among the
+    unchosen rows.
+    """
+    import torch
+
+    n = len(x)
+    trials = int(n_local_trials or 2 + int(np.log(max(k, 1))))
+    xt = as_tensor(x, device)
+    x_norm = (xt * xt).sum(1)
+    w = None if weights is None else torch.as_tensor(np.asarray(weights, np.float32), device=device)
+    p0 = None if weights is None else np.asarray(weights, np.float64) / np.asarray(weights, np.float64).sum()
+    first = int(rng.choice(n, p=p0))
+    chosen = [first]
+    is_chosen = np.zeros(n, bool)
+    is_chosen[first] = True
+    dist = ((xt - xt[first]) ** 2).sum(1).clamp_min_(0)
+    dist[first] = 0
+    for _ in range(k - 1):
+        p = dist if w is None else dist * w  # zero at every seed (set below)
+        cum = torch.cumsum(p, 0, dtype=torch.float64)
+        total = float(cum[-1])
+        if total <= 0:
+            j = int(rng.choice(np.flatnonzero(~is_chosen)))
+            new_dist = ((xt - xt[j]) ** 2).sum(1).clamp_min_(0)
+        else:
+            u = torch.as_tensor(rng.random(trials) * total, dtype=cum.dtype, device=device)
+            cand = torch.searchsorted(cum, u).clamp_max_(n - 1)
+            cand_d = (x_norm[None, :] - 2 * (xt @ xt[cand].T).T + x_norm[cand][:, None]).clamp_min_(0)
+            cand_d = torch.minimum(cand_d, dist[None, :])
+            pot = cand_d.sum(1, dtype=torch.float64) if w is None else (cand_d * w[None, :]).sum(1, dtype=torch.float64)
+            pot[torch.as_tensor(is_chosen[cand.cpu().numpy()], device=device)] = float("inf")
+            best = int(torch.argmin(pot))
+            j = int(cand[best])
+            if is_chosen[j]:  # every candidate hit a seed (floating-point edge): heaviest unchosen point
+                j = int(torch.argmax(p))
+                new_dist = torch.minimum(dist, ((xt - xt[j]) ** 2).sum(1).clamp_min_(0))
+            else:
+                new_dist = cand_d[best]
+        chosen.append(j)
+        is_chosen[j] = True
+        dist = torch.minimum(dist, new_dist)
+        dist[j] = 0
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def _lloyd_torch(x: np.ndarray, init: np.ndarray, niter: int, weights: np.ndarray | None, device: str,
+                 working_bytes: int) -> np.ndarray:
+    """``niter`` Lloyd iterations (assign, then weighted means) on ``device``; returns the centroids.
+
+    An empty cluster takes over the point farthest from its centroid (its
+    distance is then zero), so every centroid keeps a point.
+    """
+    import torch
+
+    xt = as_tensor(x, device)
+    ct = as_tensor(init, device).clone()
+    k = len(ct)
+    wt = None if weights is None else torch.as_tensor(np.asarray(weights, np.float32), device=device)
+    step = rows_per_chunk(x.shape[1], working_bytes, itemsize=8)
+    for _ in range(niter):
+        d, a = _assign_torch(xt, ct, working_bytes)
+        sums = torch.zeros_like(ct, dtype=torch.float64)
+        for s in range(0, len(xt), step):  # float64 sums, one block at a time
+            xb = xt[s: s + step] if wt is None else xt[s: s + step] * wt[s: s + step, None]
+            sums.index_add_(0, a[s: s + step], xb.double())
+        counts = torch.bincount(a, weights=None if wt is None else wt.double(), minlength=k).double()
+        empty = torch.nonzero(counts == 0).flatten().tolist()
+        new = (sums / counts.clamp_min(1e-30)[:, None]).float()
+        if empty:
+            far = torch.argsort(d, descending=True)[: len(empty)]
+            new[torch.as_tensor(empty, device=device)] = xt[far]
+        ct = new
+    return ct.cpu().numpy()
+
+
+def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 20, weights: np.ndarray | None = None,
+           device: str | None = None, backend: str | None = None, init: str = "k-means++",
+           max_points_per_centroid: int | None = 512, init_points_per_centroid: int | None = 64,
+           working_bytes: int = DEFAULT_WORKING_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means: ``(centroids (k, d) float32, assignment (n,) int64)``.
+
+    * ``init``: ``"k-means++"`` (default) or ``"random"`` (k distinct rows), both from ``seed``.
+    * ``weights``: per-sample weights (weighted means and weighted seeding).
+    * ``max_points_per_centroid``: train on a seeded subsample of at most
+      ``k * max_points_per_centroid`` rows (faiss's own default is 256; 512 as in
+      the DropQuery authors' code), then assign every row to the final
+      centroids; ``None`` trains on all rows.
+    * ``init_points_per_centroid``: k-means++ seeding (k passes over its
+      input) runs on a seeded subsample of at most ``k * init_points_per_centroid``
+      training rows, as scikit-learn's MiniBatchKMeans does; ``None``: all of them.
+    * ``k >= n`` returns the points themselves (``n`` centroids, ``assignment = arange(n)``).
+
+    The faiss backend runs ``faiss.Kmeans`` (``gpu=True`` when faiss has GPUs
+    and the device is CUDA) from the same initial centroids the torch backend
+    uses, with faiss's own subsampling switched off.
+    """
+    x = _f32(x)
+    n = len(x)
+    k = int(k)
+    if k <= 0:
+        raise ValueError(f"kmeans: the number of clusters must be >= 1, got {k}")
+    if n == 0:
+        raise ValueError("kmeans: no points to cluster")
+    if niter < 0:
+        raise ValueError(f"kmeans: niter must be >= 0, got {niter}")
+    if init not in ("k-means++", "random"):
+        raise ValueError(f"kmeans: init must be 'k-means++' or 'random', got {init!r}")
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float32)
+        if weights.shape != (n,) or (weights < 0).any() or not np.isfinite(weights).all() or weights.sum() <= 0:
+            raise ValueError("kmeans: weights must be n finite non-negative values with a positive sum")
+    if k >= n:
+        return x.copy(), np.arange(n, dtype=np.int64)
+    backend, device = resolve_backend(device, backend)
+    rng = np.random.default_rng(seed)
+    train_rows = None
+    if max_points_per_centroid is not None and n > k * int(max_points_per_centroid):
+        train_rows = np.sort(rng.choice(n, size=k * int(max_points_per_centroid), replace=False))
+    xs = x if train_rows is None else x[train_rows]
+    ws = weights if weights is None or train_rows is None else weights[train_rows]
+    if init == "k-means++":
+        seed_rows = np.arange(len(xs))
+        if init_points_per_centroid is not None and len(xs) > k * int(init_points_per_centroid):
+            seed_rows = np.sort(rng.choice(len(xs), size=k * int(init_points_per_centroid), replace=False))
+        seeds = seed_rows[kmeanspp_init(xs[seed_rows], k, rng, None if ws is None else ws[seed_rows],
+                                        device="cpu" if backend == "faiss" else device)]
+    else:
+        seeds = np.sort(rng.choice(len(xs), size=k, replace=False))
+    init_centroids = xs[seeds]
+    if backend == "faiss":
+        faiss = _faiss()
+        use_gpu = device.startswith("cuda") and faiss_has_gpu()
+        km = faiss.Kmeans(x.shape[1], k, niter=int(niter), seed=int(seed) % (2 ** 31), verbose=False,
+                          gpu=bool(use_gpu), min_points_per_centroid=1, max_points_per_centroid=1 << 30)
+        if niter > 0:
+            km.train(xs, weights=ws, init_centroids=init_centroids)
+            centroids = _f32(km.centroids)
+        else:
+            centroids = init_centroids.copy()
+    else:
+        centroids = _lloyd_torch(xs, init_centroids, int(niter), ws, device, working_bytes)
+    _, assignment = assign(x, centroids, device=device, backend=backend, working_bytes=working_bytes)
+    return _f32(centroids), assignment
+
+
+def nearest_to_centroids(x: np.ndarray, centroids: np.ndarray, assignment: np.ndarray | None = None,
+                         device: str | None = None, backend: str | None = None,
+                         working_bytes: int = DEFAULT_WORKING_BYTES) -> np.ndarray:
+    """One distinct row of ``x`` per centroid: the member of its cluster closest to it.
+
+    ``assignment`` (nearest-centroid ids, as :func:`kmeans` returns) is
+    computed when not given. A centroid that owns no row takes the closest row
+    not already taken. Ties go to the lower row id. Needs ``len(x) >= k``.
+    """
+    x = _f32(x)
+    centroids = _f32(centroids)
+    k = len(centroids)
+    if k > len(x):
+        raise ValueError(f"nearest_to_centroids: {k} centroids but only {len(x)} points")
+    backend, device = resolve_backend(device, backend)
+    if assignment is None:
+        _, assignment = assign(x, centroids, device=device, backend=backend, working_bytes=working_bytes)
+    assignment = np.asarray(assignment, dtype=np.int64)
+    d = np.empty(len(x), dtype=np.float64)
+    step = rows_per_chunk(x.shape[1], working_bytes)
+    for s in range(0, len(x), step):
+        diff = x[s: s + step] - centroids[assignment[s: s + step]]
+        d[s: s + step] = np.einsum("ij,ij->i", diff, diff)
+    order = np.lexsort((np.arange(len(x)), d, assignment))
+    first = np.ones(len(order), bool)
+    first[1:] = assignment[order][1:] != assignment[order][:-1]
+    picked = np.full(k, -1, dtype=np.int64)
+    picked[assignment[order[first]]] = order[first]
+    taken = np.zeros(len(x), bool)
+    taken[picked[picked >= 0]] = True
+    for c in np.flatnonzero(picked < 0):
+        dist = np.empty(len(x), dtype=np.float64)
+        for s in range(0, len(x), step):
+            diff = x[s: s + step] - centroids[c]
+            dist[s: s + step] = np.einsum("ij,ij->i", diff, diff)
+        dist[taken] = np.inf
+        picked[c] = int(np.argmin(dist))
+        taken[picked[c]] = True
+    return picked
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Exact kNN
+
+
+def _drop_self(d: np.ndarray, i: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """From ``k + 1`` neighbours per row, drop the row itself (or, if absent, the farthest)."""
+    is_self = i == rows[:, None]
+    no_self = ~is_self.any(1)
+    is_self[no_self, -1] = True
+    keep = ~is_self
+    return d[keep].reshape(len(d), k), i[keep].reshape(len(i), k)
+
+
+def knn(x: np.ndarray, k: int, queries: np.ndarray | None = None, device: str | None = None,
+        chunk: int | None = None, backend: str | None = None,
+        working_bytes: int = DEFAULT_WORKING_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Euclidean k nearest neighbours: ``(squared distances (m, k) float32, row ids (m, k) int64)``.
+
+    Rows are sorted nearest first. With ``queries=None`` the queries are the
+    rows of ``x`` and **each row's own entry is excluded** (so ``k <= n - 1``);
+    with explicit ``queries`` nothing is excluded (a query equal to a row of
+    ``x`` finds it at distance 0). ``chunk``: query rows per block (default:
+    as many as fit ``working_bytes`` against all of ``x``).
+    """
+    x = _f32(x)
+    n = len(x)
+    self_query = queries is None
+    k = int(k)
+    limit = n - 1 if self_query else n
+    if k <= 0 or k > limit:
+        raise ValueError(f"knn: k must be in [1, {limit}] for {n} points"
+                         + (" (a point is not its own neighbour)" if self_query else "") + f", got {k}")
+    q = x if self_query else _f32(queries)
+    backend, device = resolve_backend(device, backend)
+    m = len(q)
+    out_d = np.empty((m, k), dtype=np.float32)
+    out_i = np.empty((m, k), dtype=np.int64)
+    if backend == "faiss":
+        index = _faiss_index(x.shape[1], device.startswith("cuda") and faiss_has_gpu())
+        index.add(x)
+        step = chunk or max(1, rows_per_chunk(k + 1, working_bytes, itemsize=12))
+        for s in range(0, m, step):
+            d, i = index.search(q[s: s + step], k + 1 if self_query else k)
+            if self_query:
+                d, i = _drop_self(d, i, np.arange(s, s + len(d)), k)
+            out_d[s: s + step] = np.maximum(d, 0)
+            out_i[s: s + step] = i
+        return out_d, out_i
+    import torch
+
+    xt = as_tensor(x, device)
+    x_norm = (xt * xt).sum(1)
+    step = chunk or rows_per_chunk(n, working_bytes)
+    for s in range(0, m, step):
+        qb = xt[s: s + step] if self_query else as_tensor(q[s: s + step], device)
+        d = torch.addmm(x_norm[None, :], qb, xt.T, alpha=-2)  # ||q||^2 is added after the top-k
+        if self_query:
+            r = torch.arange(len(qb), device=device)
+            d[r, r + s] = float("inf")
+        v, i = torch.topk(d, k, dim=1, largest=False, sorted=True)
+        out_d[s: s + step] = (v + (qb * qb).sum(1, keepdim=True)).clamp_min_(0).cpu().numpy()
+        out_i[s: s + step] = i.cpu().numpy()
+    return out_d, out_i
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Radius graph and cluster purity (ProbCover)
+
+
+def radius_graph(x: np.ndarray, radius: float, device: str | None = None, backend: str | None = None,
+                 working_bytes: int = DEFAULT_WORKING_BYTES,
+                 max_edges: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """CSR adjacency ``(indptr (n+1,) int64, indices (E,) int32)`` of ``||x_i - x_j|| < radius``.
+
+    Every row lists itself first (a self-loop), then its other neighbours in
+    increasing row id. Built block by block (faiss ``range_search`` or blocked
+    torch distances), never as a dense N x N matrix; raises
+    :class:`TooManyEdges` as soon as the edge count would pass ``max_edges``.
+    """
+    import torch
+
+    x = _f32(x)
+    n = len(x)
+    if not radius > 0:
+        raise ValueError(f"radius_graph: radius must be > 0, got {radius}")
+    backend, device = resolve_backend(device, backend)
+    counts = np.empty(n, dtype=np.int64)
+    parts: list[np.ndarray] = []
+    total = 0
+    r2 = float(radius) ** 2
+    if backend == "faiss":
+        index = _faiss_index(x.shape[1], device.startswith("cuda") and faiss_has_gpu())
+        index.add(x)
+        step = max(1, rows_per_chunk(n, working_bytes) // 4)
+    else:
+        xt = as_tensor(x, device)
+        x_norm = (xt * xt).sum(1)
+        step = rows_per_chunk(n, working_bytes)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        if backend == "faiss":
+            lims, _, nbr = index.range_search(x[s:e], r2)
+            rows = np.repeat(np.arange(e - s), np.diff(lims.astype(np.int64)))
+        else:
+            qb = xt[s:e]
+            d = torch.addmm(x_norm[None, :], qb, xt.T, alpha=-2)  # ||x_j||^2 - 2 q.x_j; ||q||^2 moves right
+            rows_t, nbr_t = torch.nonzero(d < r2 - (qb * qb).sum(1, keepdim=True), as_tuple=True)
+            rows, nbr = rows_t.cpu().numpy(), nbr_t.cpu().numpy()
+        keep = nbr != rows + s
+        rows, nbr = rows[keep], nbr[keep].astype(np.int64)
+        order = np.lexsort((nbr, rows))
+        rows, nbr = rows[order], nbr[order]
+        c = np.bincount(rows, minlength=e - s) + 1
+        counts[s:e] = c
+        total += int(c.sum())
+        if max_edges is not None and total > max_edges:
+            raise TooManyEdges(f"radius graph at radius {radius:.4g} has more than {max_edges} edges")
+        block = np.empty(int(c.sum()), dtype=np.int32)
+        starts = np.concatenate([[0], np.cumsum(c)[:-1]])
+        block[starts] = np.arange(s, e)
+        rank = np.arange(len(rows)) - np.concatenate([[0], np.cumsum(c - 1)[:-1]])[rows]
+        block[starts[rows] + 1 + rank] = nbr
+        parts.append(block)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    indices = np.concatenate(parts) if parts else np.empty(0, np.int32)
+    return indptr, indices
+
+
+def knn_radius_graph(x: np.ndarray, radius: float, max_degree: int, device: str | None = None,
+                     backend: str | None = None,
+                     working_bytes: int = DEFAULT_WORKING_BYTES) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`radius_graph` but each row keeps only its ``max_degree - 1`` nearest neighbours within radius."""
+    x = _f32(x)
+    n = len(x)
+    kk = int(min(max(1, max_degree - 1), n - 1))
+    d, i = knn(x, kk, device=device, backend=backend, working_bytes=working_bytes)
+    within = d < float(radius) ** 2
+    counts = within.sum(1) + 1
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    indices = np.empty(int(indptr[-1]), dtype=np.int32)
+    indices[indptr[:-1]] = np.arange(n)
+    rows, cols = np.nonzero(within)
+    rank = cols  # neighbours are sorted nearest first, so the in-radius ones form a prefix
+    indices[indptr[rows] + 1 + rank] = i[rows, cols]
+    return indptr, indices
+
+
+def min_dist_to_other_cluster(x: np.ndarray, labels: np.ndarray, queries: np.ndarray | None = None,
+                              device: str | None = None,
+                              working_bytes: int = DEFAULT_WORKING_BYTES) -> np.ndarray:
+    """Euclidean distance from each row (or each row id in ``queries``) to the nearest row with another label.
+
+    A row's open ball of radius delta (``< delta``) is pure -- holds no
+    other-label row -- exactly when this distance is ``>= delta``. Rows are
+    sorted by label once, so a label's "others" are two contiguous slices and
+    no mask is needed; blocks of query rows keep memory at O(N + block).
+    Exact; O(len(queries) N d) work (torch, on ``device``); inf when every row
+    has the same label.
+    """
+    import torch
+
+    device = pick_device(device)
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    xt = as_tensor(x, device)
+    xs = xt[torch.as_tensor(order, device=device)]
+    xs_norm = (xs * xs).sum(1)
+    rows = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
+    out = np.full(len(rows), np.inf, dtype=np.float32)
+    q_order = np.argsort(labels[rows], kind="stable")
+    q_labels = labels[rows][q_order]
+    step = rows_per_chunk(n, working_bytes)
+    for c in np.unique(q_labels):
+        lo_c, hi_c = np.searchsorted(sorted_labels, [c, c + 1])
+        mine = q_order[np.searchsorted(q_labels, c): np.searchsorted(q_labels, c + 1)]
+        for s in range(0, len(mine), step):
+            block = mine[s: s + step]
+            q = xt[torch.as_tensor(rows[block], device=device)]
+            best = torch.full((len(block),), float("inf"), device=device)
+            for lo, hi in ((0, lo_c), (hi_c, n)):
+                if hi > lo:
+                    d = torch.addmm(xs_norm[lo:hi][None, :], q, xs[lo:hi].T, alpha=-2)
+                    best = torch.minimum(best, d.min(1).values)
+            out[block] = (best + (q * q).sum(1)).clamp_min_(0).sqrt_().cpu().numpy()
+    return out
