@@ -40,6 +40,11 @@ PRESETS: dict[str, Recipe] = {
     "dual_prompt": Recipe(lr=0.01, epochs=20, batch_size=16),
     # VPT-in-AL (CEC's VPT baseline): CoOp's schedule, visual tokens instead of text context.
     "vpt_al": Recipe(lr=0.002, epochs=200),
+    # VPT's own regime: prompts live in the residual stream (token norms ~10), so VPT searches base
+    # learning rates of 0.05-50; lr 5 with augmentation worked best on the tiny CLIP (see vpt.py).
+    "vpt": Recipe(lr=5.0, epochs=50, batch_size=32, augment=True),
+    # MaPLe (Khattak et al., CVPR 2023): SGD 0.0035, batch 4, 5 epochs, one warm-up epoch at 1e-5.
+    "maple": Recipe(lr=0.0035, epochs=5, batch_size=4),
     # The offline default and tests: the same schedule shape, far fewer epochs.
     "fast": Recipe(lr=0.002, epochs=30, batch_size=32),
 }
@@ -51,7 +56,14 @@ def resolve_recipe(owner: str, name: str, overrides: dict) -> Recipe:
     unknown = sorted(set(overrides) - set(Recipe.model_fields))
     if unknown:
         raise ValueError(f"{owner}: unknown recipe field(s) {unknown}; known: {sorted(Recipe.model_fields)}")
-    return PRESETS[name].model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    from pydantic import ValidationError
+
+    merged = {**PRESETS[name].model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return Recipe.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{owner}: invalid recipe setting(s): {problems}") from None
 
 
 def learning_rate(recipe: Recipe, epoch: int) -> float:
@@ -66,22 +78,26 @@ def train(parameters: Iterable, batch_loss: Callable[[np.ndarray], object], n: i
           rng: np.random.Generator, device: str) -> list[float]:
     """Minimise ``batch_loss(rows)`` over shuffled mini-batches of ``range(n)``; returns the epoch losses.
 
-    Shuffling comes from ``rng`` (the run's seed), so training is deterministic
+    ``parameters`` are tensors, or param-group dicts whose ``lr_scale``
+    multiplies the schedule's learning rate for that group (a head trained
+    next to prompts needs a far smaller step than the prompts). Shuffling comes from ``rng`` (the run's seed), so training is deterministic
     for a seed on a given device. On CUDA with ``amp`` the loss runs under bf16
     autocast (no loss scaling needed); parameters stay fp32.
     """
     import torch
 
-    params = [p for p in parameters if p.requires_grad]
+    groups = [g if isinstance(g, dict) else {"params": [g]} for g in parameters]
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    groups = [{"lr_scale": 1.0, **g} for g in groups if g["params"]]
     if recipe.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+        opt = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     else:
-        opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
     autocast = device.startswith("cuda") and recipe.amp
     losses = []
     for epoch in range(recipe.epochs):
         for group in opt.param_groups:
-            group["lr"] = learning_rate(recipe, epoch)
+            group["lr"] = learning_rate(recipe, epoch) * group["lr_scale"]
         order = rng.permutation(n)
         batches = [order[s: s + recipe.batch_size] for s in range(0, n, recipe.batch_size)]
         total = 0.0

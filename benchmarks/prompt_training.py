@@ -1,0 +1,191 @@
+"""Prompt-training speed: CoOp on cached features next to CoOp through the image encoder, and VPT.
+
+For C = 10, 100 and 1,000 classes, one CoOp step (batch 32) is timed two ways:
+
+* feature path -- what ``coop`` does here: the batch's *cached* image
+  features meet the class prompts encoded by the text tower;
+* image path -- what the papers' public code does: every step first pushes
+  the batch's pixels through the frozen image encoder.
+
+Both run the same text side (chunked class prompts with gradient
+checkpointing), so the ratio is what caching the frozen image features buys.
+On a GPU it also measures VPT (shallow, 8 tokens) training images/s and the
+peak memory of CoOp at C = 1,000 with and without chunked class prompts.
+Each configuration runs in its own process, so peak memory is its own. The
+models have random weights (only speed is measured), so no checkpoint is
+needed: ``--model ViT-B-16`` works offline. The last line is JSON.
+
+    python benchmarks/prompt_training.py [--model tiny-clip|ViT-B-16] [--classes 10,100,1000] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class _RandomCLIP:
+    """An open_clip model with random weights plus its tokenizer: same shapes and speed as the real one."""
+
+    def __init__(self, name: str, device: str):
+        import open_clip
+
+        from orchestrator.encoders import TINY_CLIP_CHECKPOINT, register_model_configs
+
+        register_model_configs()
+        pretrained = str(TINY_CLIP_CHECKPOINT) if name == "tiny-clip" else None
+        self.model = open_clip.create_model(name, pretrained=pretrained, device=device).eval().requires_grad_(False)
+        self.tokenizer = open_clip.get_tokenizer(name)
+
+
+def _measure(config: dict) -> dict:
+    """One configuration, in this (fresh) process."""
+    import torch
+
+    from methods.adaptation.prompting.text import PromptedTextEncoder, build_layout
+
+    device = config["device"]
+    torch.manual_seed(0)
+    clip = _RandomCLIP(config["model"], device)
+    size = clip.model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    batch = config["batch"]
+    result = {**config}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+    if config["kind"] == "vpt":
+        from methods.adaptation.prompting.vision import PromptedVisionTower
+
+        tower = PromptedVisionTower(clip.model.visual)
+        prompts = torch.nn.Parameter(torch.zeros(8, tower.width, device=device))
+        text = torch.nn.functional.normalize(torch.randn(config["classes"], clip.model.text_projection.shape[1],
+                                                         device=device), dim=-1)
+        opt = torch.optim.SGD([prompts], lr=1e-3)
+        pixels = torch.randn(batch, 3, size, size, device=device)
+        labels = torch.randint(0, config["classes"], (batch,), device=device)
+
+        def step():
+            with autocast:
+                feats = torch.nn.functional.normalize(tower(pixels, shallow=prompts), dim=-1)
+                loss = torch.nn.functional.cross_entropy(100 * feats @ text.T, labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    else:
+        names = [f"class number {i}" for i in range(config["classes"])]
+        layout = build_layout(clip.tokenizer, names, n_ctx=16)
+        text = PromptedTextEncoder(clip.model, layout, device, chunk=config["chunk"], checkpoint=True)
+        ctx = torch.nn.Parameter(torch.randn(16, text.width, device=device) * 0.02)
+        opt = torch.optim.SGD([ctx], lr=2e-3)
+        dim = clip.model.text_projection.shape[1]
+        features = torch.nn.functional.normalize(torch.randn(batch, dim, device=device), dim=-1)
+        pixels = torch.randn(batch, 3, size, size, device=device)
+        labels = torch.randint(0, config["classes"], (batch,), device=device)
+
+        def step():
+            with autocast:
+                if config["kind"] == "coop_image":
+                    with torch.no_grad():
+                        x = torch.nn.functional.normalize(clip.model.encode_image(pixels).float(), dim=-1)
+                else:
+                    x = features
+                loss = torch.nn.functional.cross_entropy(100 * x @ text.class_features(ctx).T, labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    step()  # warm-up (allocations, kernels)
+    sync()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(config["steps"]):
+        step()
+    sync()
+    seconds = time.perf_counter() - t0
+    result["steps_per_s"] = config["steps"] / seconds
+    result["images_per_s"] = config["steps"] * batch / seconds
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.startswith("cuda"):
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def _spawn(config: dict, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "--_worker", json.dumps(config)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    except subprocess.TimeoutExpired:
+        return {**config, "error": f"timed out after {timeout:.0f} s"}
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {**config, "error": tail[0][:200]}
+    return json.loads(lines[-1])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny-clip")
+    ap.add_argument("--classes", default="10,100,1000")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--chunk", type=int, default=256, help="class prompts encoded per checkpointed chunk")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args._worker:
+        print(json.dumps(_measure(json.loads(args._worker))))
+        return {}
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    base = {"model": args.model, "device": device, "batch": args.batch, "steps": args.steps, "chunk": args.chunk}
+    rows = []
+    for classes in [int(c) for c in args.classes.split(",")]:
+        feature = _spawn({**base, "kind": "coop_feature", "classes": classes}, args.timeout)
+        image = _spawn({**base, "kind": "coop_image", "classes": classes}, args.timeout)
+        ratio = feature.get("steps_per_s", 0) / image["steps_per_s"] if image.get("steps_per_s") else None
+        rows.append({"classes": classes, "feature": feature, "image": image, "speedup": ratio})
+    extra = {}
+    if device.startswith("cuda"):
+        extra["vpt"] = _spawn({**base, "kind": "vpt", "classes": 1000}, args.timeout)
+        extra["coop_1000_unchunked"] = _spawn({**base, "kind": "coop_feature", "classes": 1000, "chunk": 100000},
+                                              args.timeout)
+
+    memory = "peak_gpu_mb" if device.startswith("cuda") else "peak_rss_mb"
+    table = Table(title=f"CoOp step (batch {args.batch}) on {args.model}, {device}: cached features vs image path")
+    for col in ("classes", "feature steps/s", f"feature {memory}", "image steps/s", f"image {memory}", "speed-up"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        f, i = r["feature"], r["image"]
+        table.add_row(str(r["classes"]), f"{f.get('steps_per_s', 0):.1f}" if "error" not in f else f["error"],
+                      f"{f.get(memory, 0):.0f}", f"{i.get('steps_per_s', 0):.1f}" if "error" not in i else i["error"],
+                      f"{i.get(memory, 0):.0f}", f"{r['speedup']:.1f}x" if r["speedup"] else "-")
+    console = Console()
+    console.print(table)
+    for key, r in extra.items():
+        console.print(f"{key}: " + (r.get("error") or f"{r['images_per_s']:.0f} images/s, {r[memory]:.0f} MB peak"))
+    summary = {"model": args.model, "device": device, "batch": args.batch, "steps": args.steps, "chunk": args.chunk,
+               "coop": rows, **extra}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
