@@ -125,7 +125,8 @@ def _spawn(config: dict, timeout: float) -> dict:
     cmd = [sys.executable, __file__, "--_worker", json.dumps(config)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                 filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
     except subprocess.TimeoutExpired:
         return {**config, "error": f"timed out after {timeout:.0f} s"}
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]

@@ -27,6 +27,16 @@ def gradient_factors(probs: np.ndarray) -> np.ndarray:
     return a
 
 
+def _rows_to_device(rows_of, candidates: np.ndarray, width: int, device: str, chunk: int = 65536):
+    """A float32 (len(candidates), width) tensor filled chunk by chunk, so no second host copy exists."""
+    import torch
+
+    out = torch.empty((len(candidates), width), dtype=torch.float32, device=device)
+    for s in range(0, len(candidates), chunk):
+        out[s: s + chunk] = as_tensor(rows_of(candidates[s: s + chunk]), device)
+    return out
+
+
 def factorised_sq_dist(a, h, b, q, row_norms=None):
     """Squared distances between rows ``a (x) h`` and one embedding ``b (x) q`` (torch tensors).
 
@@ -52,8 +62,8 @@ def badge_kmeanspp(probs: np.ndarray, embeddings: np.ndarray, candidates: np.nda
     candidates = np.asarray(candidates, dtype=np.int64)
     if budget > len(candidates):
         raise ValueError(f"badge: budget {budget} exceeds the {len(candidates)} unlabelled candidates")
-    a = as_tensor(gradient_factors(probs[candidates]), device)
-    h = as_tensor(embeddings[candidates], device)
+    a = _rows_to_device(lambda r: gradient_factors(probs[r]), candidates, probs.shape[1], device)
+    h = _rows_to_device(lambda r: embeddings[r], candidates, embeddings.shape[1], device)
     norms = (a * a).sum(1) * (h * h).sum(1)
     first = int(torch.argmax(norms))
     picked = [first]

@@ -53,6 +53,7 @@ def greedy_k_center(features: np.ndarray, candidates: np.ndarray, labelled: np.n
     centres = as_tensor(features[np.asarray(labelled, dtype=np.int64)], device)
     parts = [as_tensor(features[candidates[s: s + chunk]], device) for s in range(0, len(candidates), chunk)]
     dist = torch.cat([_min_sq_dist(p, centres, working_bytes) for p in parts])
+    part_norms = [(p * p).sum(1) for p in parts]
     picked = np.empty(budget, dtype=np.int64)
     for k in range(budget):
         if torch.isinf(dist).all():
@@ -61,10 +62,13 @@ def greedy_k_center(features: np.ndarray, candidates: np.ndarray, labelled: np.n
             j = int(torch.argmax(dist))
         picked[k] = j
         new = as_tensor(np.asarray(features[candidates[j]])[None, :], device)[0]
+        new_norm = new @ new
         start = 0
-        for p in parts:
-            d = ((p - new) ** 2).sum(1)
-            dist[start: start + len(p)] = torch.minimum(dist[start: start + len(p)], d)
+        for p, p_norm in zip(parts, part_norms):
+            # ||p - new||^2 without an N x d temporary: one matrix-vector product per pick
+            d = (p @ new).mul_(-2).add_(p_norm).add_(new_norm).clamp_min_(0)
+            view = dist[start: start + len(p)]
+            torch.minimum(view, d, out=view)
             start += len(p)
         dist[j] = -1.0  # never pick twice
     return candidates[picked]
