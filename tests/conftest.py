@@ -30,3 +30,39 @@ def ray_cluster():
 def session_cache(tmp_path_factory) -> Path:
     """One feature cache shared by every test of the session (embeddings are reused, as in a sweep)."""
     return tmp_path_factory.mktemp("feature-cache")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Single-threaded torch and faiss for modules of tiny models and pools.
+
+    On a 2-core machine two intra-op threads oversubscribe the cores; these
+    workloads ran 10-100x slower multi-threaded under load. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import faiss
+    import torch
+
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(before[0])
+    faiss.omp_set_num_threads(before[1])
+
+
+@pytest.fixture
+def trained_parameters(monkeypatch):
+    """Every tensor handed to the prompt learners' training loop during the test (param groups flattened)."""
+    from methods.adaptation.prompting import recipes
+
+    seen = []
+    real_train = recipes.train
+
+    def spy(parameters, *args, **kwargs):
+        parameters = list(parameters)
+        seen.extend(p for g in parameters for p in (g["params"] if isinstance(g, dict) else [g]))
+        return real_train(parameters, *args, **kwargs)
+
+    monkeypatch.setattr(recipes, "train", spy)
+    return seen

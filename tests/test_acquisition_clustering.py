@@ -31,18 +31,7 @@ NAMES = ["typiclust", "probcover", "dropquery", "centroid"]
 SEEDS = [0, 1, 2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-threaded BLAS/OpenMP: these pools are tiny, and spinning threads crawl on a busy shared machine."""
-    import faiss
-    import torch
-
-    before = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(before[0])
-    faiss.omp_set_num_threads(before[1])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pool(seed, n=1500, d=32, classes=10):

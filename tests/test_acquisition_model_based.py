@@ -496,3 +496,14 @@ def test_bad_input_is_named_with_its_fix_by_the_loop_select_task(case):
         _select(spec, x, predictor, labelled, np.zeros(len(labelled), np.int64), len(x), 3, w, 1, budget, 0)
     for part in parts:
         assert part in str(err.value)
+
+
+def test_pcb_candidate_cap_bounds_the_base_strategy():
+    from methods.registry import ACQUISITIONS
+
+    capped = ACQUISITIONS.create("pcb", max_candidates=500)
+    assert capped.candidate_count(100_000, 100) == 500
+    assert capped.candidate_count(100_000, 800) == 800  # never fewer than the budget
+    assert ACQUISITIONS.create("pcb").candidate_count(100_000, 100) == 10_000
+    with pytest.raises(ValueError, match="max_candidates"):
+        ACQUISITIONS.create("pcb", max_candidates=0)

@@ -14,18 +14,7 @@ from methods.kernels.clustering import (assign, kmeans, knn, knn_radius_graph, m
 BACKENDS = ["faiss", "torch"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Single-threaded BLAS/OpenMP: these inputs are tiny, and spinning threads crawl on a busy shared machine."""
-    import faiss
-    import torch
-
-    before = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(1)
-    faiss.omp_set_num_threads(1)
-    yield
-    torch.set_num_threads(before[0])
-    faiss.omp_set_num_threads(before[1])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _clear_radius(dense, near):
@@ -171,3 +160,17 @@ def test_nearest_to_centroids_picks_each_clusters_closest_member_and_fills_empty
     both = np.concatenate([centroids, far])
     picked = nearest_to_centroids(x, both)
     assert len(set(picked.tolist())) == 13
+
+
+def test_inverted_file_radius_graph_is_a_high_recall_subset_of_the_exact_one():
+    x, _ = _blobs(n=1500, seed=4)
+    dense = cdist(x, x)
+    radius = _clear_radius(dense, float(np.quantile(dense, 0.02)))
+    exact = radius_graph(x, radius, backend="faiss", device="cpu")
+    approx = radius_graph(x, radius, backend="faiss", device="cpu", ivf=(40, 8, 0))
+    edges = [{(r, int(c)) for r in range(len(x)) for c in ind[ptr[r]: ptr[r + 1]]} for ptr, ind in (exact, approx)]
+    assert edges[1] <= edges[0]  # never an edge that is not there
+    assert len(edges[1]) / len(edges[0]) > 0.9
+    assert radius_graph(x, radius, backend="faiss", device="cpu", ivf=(40, 8, 0))[1].tolist() == approx[1].tolist()
+    with pytest.raises(ValueError, match="faiss backend"):
+        radius_graph(x, radius, backend="torch", device="cpu", ivf=(40, 8, 0))

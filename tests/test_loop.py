@@ -135,3 +135,33 @@ def test_cold_start_method_uses_the_strategy_own_start(cold_plugin, cold_start, 
                             cold_start=cold_start, remote=False, plugins=(cold_plugin,))
     queried = [q for _, _, q in run.rounds()]
     assert queried[1] == list(round1) and queried[2] == list(round2)
+
+
+@pytest.mark.parametrize("cold", ["typiclust", "centroid", "random"])
+def test_a_named_cold_start_picks_round_one_and_the_method_takes_over(cold):
+    from methods.base import SelectionContext
+    from methods.registry import ACQUISITIONS
+    from orchestrator.loop import phase_rng
+
+    results = list(_run(acq="margin", cold_start=cold).rounds())
+    first = sorted(results[1][2])
+    data = _data()
+    ctx = SelectionContext(1, 3, np.arange(240), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                           pool_features=data.pool_features)
+    expected = ACQUISITIONS.create(cold).cold_start(ctx, 6, phase_rng(7, 1, 1)).indices
+    assert first == sorted(np.asarray(expected).tolist())
+    no_cold = list(_run(acq="margin").rounds())
+    assert sorted(no_cold[1][2]) != first  # margin alone would pick other rows in round 1
+
+
+def test_an_unknown_cold_start_lists_the_known_strategies(tmp_path):
+    import yaml
+
+    from orchestrator.config import ConfigError, load_config
+
+    cfg = {"name": "x", "datasets": ["synth-shapes"], "methods": ["margin+zeroshot"],
+           "budgets": {"b": {"kind": "per_round", "count": 5}}, "cold_start": "typiclst", "workdir": str(tmp_path)}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="cold_start: unknown acquisition strategy 'typiclst'.*typiclust"):
+        load_config(path)

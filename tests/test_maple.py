@@ -1,12 +1,15 @@
 """MaPLe: coupled text and vision prompts on the shipped tiny CLIP (CPU, no Ray)."""
+# ruff: noqa: F811  -- pytest fixtures imported from test_vpt are parameters of the tests below
 
 import numpy as np
+import pytest
 import torch
 
-from methods.adaptation.prompting import recipes
 from methods.adaptation.prompting.maple import MaPLe
 from methods.adaptation.prompting.vpt import VPTPredictor
-from tests.test_vpt import _ctx, _train, one_thread, setup  # noqa: F401  (shared fixtures)
+from tests.test_vpt import _ctx, _train, setup  # noqa: F401  (shared fixtures)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fit(setup, train, seed=1, **options):
@@ -14,18 +17,10 @@ def _fit(setup, train, seed=1, **options):
     return MaPLe(**options).fit(train, _ctx(setup, class_names=list(setup["classes"])), np.random.default_rng(seed))
 
 
-def test_maple_trains_only_prompts_and_couplings(setup, monkeypatch):
+def test_maple_trains_only_prompts_and_couplings(setup, trained_parameters):
     model = setup["enc"].model
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    seen = []
-    real_train = recipes.train
-
-    def spy(parameters, *args, **kwargs):
-        parameters = list(parameters)
-        seen.extend(parameters)
-        return real_train(parameters, *args, **kwargs)
-
-    monkeypatch.setattr(recipes, "train", spy)
+    seen = trained_parameters
     predictor = _fit(setup, _train(setup, 2), epochs=1, depth=3)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None and not p.requires_grad for p in model.parameters())

@@ -15,13 +15,7 @@ from orchestrator.zeroshot import class_embeddings
 DATASET = "synth-scans"  # the shifted set: tiny CLIP zero-shot is ~25 %
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny-model steps are fastest single-threaded on a 2-core box (two threads oversubscribe it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

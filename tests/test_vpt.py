@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from datasets.registry import get_card, open_split
-from methods.adaptation.prompting import recipes
 from methods.adaptation.prompting.model import frozen_clip
 from methods.adaptation.prompting.vision import PromptedVisionTower
 from methods.adaptation.prompting.vpt import VPT, VPTPredictor
@@ -20,13 +19,7 @@ DATASET = "synth-scans"
 N_POOL, N_TEST = 5000, 1000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tiny-model fits are fastest single-threaded on a shared 2-core box (2 threads oversubscribe it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -165,18 +158,10 @@ def test_options_are_validated():
     assert VPT(epochs=3, lr=0.5).recipe.epochs == 3 and VPT(epochs=3, lr=0.5).recipe.lr == 0.5
 
 
-def test_fit_leaves_the_encoder_bit_identical_and_trains_only_the_prompts(setup, monkeypatch):
+def test_fit_leaves_the_encoder_bit_identical_and_trains_only_the_prompts(setup, trained_parameters):
     model = setup["enc"].model
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    seen = []
-    real_train = recipes.train
-
-    def spy(parameters, *args, **kwargs):
-        parameters = list(parameters)
-        seen.extend(p for g in parameters for p in (g["params"] if isinstance(g, dict) else [g]))
-        return real_train(parameters, *args, **kwargs)
-
-    monkeypatch.setattr(recipes, "train", spy)
+    seen = trained_parameters
     _fit(setup, _train(setup, 2), variant="deep", epochs=2, lr=1.0, augment=True)
     after = model.state_dict()
     assert before.keys() == after.keys()

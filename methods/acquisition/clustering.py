@@ -166,6 +166,11 @@ class ProbCover(AcquisitionStrategy):
     delta is re-estimated at every selection (same pool, so only the k-means
     seed changes it; ``last_delta`` holds the latest); pass ``delta`` to fix it.
 
+    Scale: the exact graph costs O(N^2 d) (1,000 s at N = 100,000 on two
+    cores). With ``approximate_above=M``, pools larger than M build it with a
+    faiss inverted-file index (4 sqrt(N) cells, ``ivf_nprobe`` probed, seeded),
+    which may miss neighbours in unprobed cells -- an opt-in approximation.
+
     Deviations: the exact purity solution above instead of the authors' grid /
     binary search, and its sampled estimate on pools above ``purity_sample``;
     k-means is faiss/torch Lloyd with k-means++ seeding.
@@ -173,9 +178,13 @@ class ProbCover(AcquisitionStrategy):
 
     def __init__(self, feature_space: str = "image", delta: float | None = None, alpha: float = 0.95,
                  purity_grid: list[float] | None = None, purity_sample: int | None = 10000,
-                 max_edges: int = 50_000_000, kmeans_iters: int = 20, working_mb: int = 256):
+                 max_edges: int = 50_000_000, kmeans_iters: int = 20, working_mb: int = 256,
+                 approximate_above: int | None = None, ivf_nprobe: int = 8):
         self.feature_space = feature_space
         self.requires = space_inputs("probcover", feature_space)
+        self.approximate_above = None if approximate_above is None else _check_int(
+            "probcover", "approximate_above", approximate_above, 1)
+        self.ivf_nprobe = _check_int("probcover", "ivf_nprobe", ivf_nprobe, 1)
         if delta is not None and (isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0):
             raise ValueError(f"probcover: delta must be a positive number or None (purity rule), got {delta!r}")
         self.delta = None if delta is None else float(delta)
@@ -217,8 +226,11 @@ class ProbCover(AcquisitionStrategy):
         delta = self.delta if self.delta is not None else self.estimate_delta(x, ctx.num_classes, rng)
         self.last_delta = delta
         wb = self.working_mb << 20
+        ivf = None
+        if self.approximate_above is not None and len(x) > self.approximate_above:
+            ivf = (int(4 * np.sqrt(len(x))), self.ivf_nprobe, _seed(rng))
         try:
-            indptr, indices = radius_graph(x, delta, working_bytes=wb, max_edges=self.max_edges)
+            indptr, indices = radius_graph(x, delta, working_bytes=wb, max_edges=self.max_edges, ivf=ivf)
         except TooManyEdges:
             cap = max(2, self.max_edges // len(x))
             warnings.warn(f"probcover: the delta={delta:.4g} graph has more than {self.max_edges} edges; "

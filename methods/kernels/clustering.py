@@ -86,6 +86,17 @@ def _faiss_index(d: int, use_gpu: bool):
     return index
 
 
+def _ivf_index(x: np.ndarray, nlist: int, nprobe: int, seed: int):
+    """An untrained-then-trained ``IndexIVFFlat`` whose coarse k-means is seeded (faiss's own default is fixed)."""
+    faiss = _faiss()
+    nlist = max(1, min(int(nlist), len(x)))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(x.shape[1]), x.shape[1], nlist)
+    index.cp.seed = int(seed)
+    index.train(x)
+    index.nprobe = max(1, min(int(nprobe), nlist))
+    return index
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Nearest centroid / k-means
 
@@ -387,14 +398,20 @@ def knn(x: np.ndarray, k: int, queries: np.ndarray | None = None, device: str | 
 
 
 def radius_graph(x: np.ndarray, radius: float, device: str | None = None, backend: str | None = None,
-                 working_bytes: int = DEFAULT_WORKING_BYTES,
-                 max_edges: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 working_bytes: int = DEFAULT_WORKING_BYTES, max_edges: int | None = None,
+                 ivf: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """CSR adjacency ``(indptr (n+1,) int64, indices (E,) int32)`` of ``||x_i - x_j|| < radius``.
 
     Every row lists itself first (a self-loop), then its other neighbours in
     increasing row id. Built block by block (faiss ``range_search`` or blocked
     torch distances), never as a dense N x N matrix; raises
     :class:`TooManyEdges` as soon as the edge count would pass ``max_edges``.
+
+    ``ivf=(nlist, nprobe, seed)`` searches a faiss inverted-file index instead
+    (faiss backend only): each point is compared with the ``nprobe`` of
+    ``nlist`` k-means cells nearest to it, so the cost drops from O(N^2 d) to
+    about O(N^2 d nprobe / nlist) and the graph may miss neighbours that sit in
+    other cells -- an approximation for pools where the exact graph is too slow.
     """
     import torch
 
@@ -407,8 +424,13 @@ def radius_graph(x: np.ndarray, radius: float, device: str | None = None, backen
     parts: list[np.ndarray] = []
     total = 0
     r2 = float(radius) ** 2
+    if ivf is not None and backend != "faiss":
+        raise ValueError("radius_graph: the inverted-file approximation needs the faiss backend")
     if backend == "faiss":
-        index = _faiss_index(x.shape[1], device.startswith("cuda") and faiss_has_gpu())
+        if ivf is None:
+            index = _faiss_index(x.shape[1], device.startswith("cuda") and faiss_has_gpu())
+        else:
+            index = _ivf_index(x, *ivf)
         index.add(x)
         step = max(1, rows_per_chunk(n, working_bytes) // 4)
     else:
