@@ -100,7 +100,13 @@ class SweepConfig(BaseModel):
     def _parse_methods(cls, items):
         if not items:
             raise ValueError("at least one method is needed, e.g. random+zeroshot")
-        return [MethodConfig.parse(m) if not isinstance(m, MethodConfig) else m for m in items]
+        methods = [MethodConfig.parse(m) if not isinstance(m, MethodConfig) else m for m in items]
+        names = [m.name for m in methods]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"methods {twice} appear more than once; methods that differ only in options need "
+                             "distinct names (add `name: ...`), or the report would merge them")
+        return methods
 
     @field_validator("datasets", "seeds")
     @classmethod

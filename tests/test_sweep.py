@@ -184,3 +184,10 @@ def test_nan_features_are_refused_with_the_fix():
         _check_features("synth-shapes", bad)
     with pytest.raises(ValueError, match="no embedded images"):
         _check_features("synth-shapes", np.zeros((0, 3), np.float32))
+
+
+def test_methods_that_share_a_name_are_refused(tmp_path, session_cache):
+    methods = [{"acquisition": "random", "adaptation": "linear_probe"},
+               {"acquisition": "random", "adaptation": "linear_probe", "adaptation_options": {"epochs": 5}}]
+    with pytest.raises(ConfigError, match="appear more than once.*distinct names"):
+        load_config(_config(tmp_path, session_cache, methods=methods))
