@@ -18,16 +18,11 @@ from ..feature_space import features_in_space, space_inputs
 from ..kernels.clustering import (TooManyEdges, kmeans, knn, knn_radius_graph, min_dist_to_other_cluster,
                                   nearest_to_centroids, radius_graph)
 from ..registry import register_acquisition
+from ..validation import check_int
 
 
 def _seed(rng: np.random.Generator) -> int:
     return int(rng.integers(2 ** 31))
-
-
-def _check_int(strategy: str, name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{strategy}: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_budget(strategy: str, ctx: SelectionContext, budget: int) -> np.ndarray:
@@ -79,11 +74,11 @@ class TypiClust(AcquisitionStrategy):
                  min_cluster_size: int = 5, kmeans_iters: int = 20, working_mb: int = 256):
         self.feature_space = feature_space
         self.requires = space_inputs("typiclust", feature_space)
-        self.max_clusters = _check_int("typiclust", "max_clusters", max_clusters, 1)
-        self.k_nn = _check_int("typiclust", "k_nn", k_nn, 1)
-        self.min_cluster_size = _check_int("typiclust", "min_cluster_size", min_cluster_size, 0)
-        self.kmeans_iters = _check_int("typiclust", "kmeans_iters", kmeans_iters, 0)
-        self.working_mb = _check_int("typiclust", "working_mb", working_mb, 0)
+        self.max_clusters = check_int("typiclust", "max_clusters", max_clusters, 1)
+        self.k_nn = check_int("typiclust", "k_nn", k_nn, 1)
+        self.min_cluster_size = check_int("typiclust", "min_cluster_size", min_cluster_size, 0)
+        self.kmeans_iters = check_int("typiclust", "kmeans_iters", kmeans_iters, 0)
+        self.working_mb = check_int("typiclust", "working_mb", working_mb, 0)
 
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
         unlabelled = _check_budget("typiclust", ctx, budget)
@@ -182,9 +177,9 @@ class ProbCover(AcquisitionStrategy):
                  approximate_above: int | None = None, ivf_nprobe: int = 8):
         self.feature_space = feature_space
         self.requires = space_inputs("probcover", feature_space)
-        self.approximate_above = None if approximate_above is None else _check_int(
+        self.approximate_above = None if approximate_above is None else check_int(
             "probcover", "approximate_above", approximate_above, 1)
-        self.ivf_nprobe = _check_int("probcover", "ivf_nprobe", ivf_nprobe, 1)
+        self.ivf_nprobe = check_int("probcover", "ivf_nprobe", ivf_nprobe, 1)
         if delta is not None and (isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0):
             raise ValueError(f"probcover: delta must be a positive number or None (purity rule), got {delta!r}")
         self.delta = None if delta is None else float(delta)
@@ -199,11 +194,11 @@ class ProbCover(AcquisitionStrategy):
             self.purity_grid = sorted(float(g) for g in grid)
         else:
             self.purity_grid = None
-        self.purity_sample = None if purity_sample is None else _check_int("probcover", "purity_sample",
+        self.purity_sample = None if purity_sample is None else check_int("probcover", "purity_sample",
                                                                           purity_sample, 1)
-        self.max_edges = _check_int("probcover", "max_edges", max_edges, 1)
-        self.kmeans_iters = _check_int("probcover", "kmeans_iters", kmeans_iters, 0)
-        self.working_mb = _check_int("probcover", "working_mb", working_mb, 0)
+        self.max_edges = check_int("probcover", "max_edges", max_edges, 1)
+        self.kmeans_iters = check_int("probcover", "kmeans_iters", kmeans_iters, 0)
+        self.working_mb = check_int("probcover", "working_mb", working_mb, 0)
         self.last_delta: float | None = None  # the radius of the latest selection, for reports
 
     def estimate_delta(self, x: np.ndarray, num_classes: int, rng: np.random.Generator) -> float:
@@ -332,7 +327,7 @@ class Centroid(AcquisitionStrategy):
     def __init__(self, feature_space: str = "image", kmeans_iters: int = 20):
         self.feature_space = feature_space
         self.requires = space_inputs("centroid", feature_space)
-        self.kmeans_iters = _check_int("centroid", "kmeans_iters", kmeans_iters, 0)
+        self.kmeans_iters = check_int("centroid", "kmeans_iters", kmeans_iters, 0)
 
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
         unlabelled = _check_budget("centroid", ctx, budget)
@@ -374,10 +369,10 @@ class DropQuery(AcquisitionStrategy):
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 < dropout < 1:
             raise ValueError(f"dropquery: dropout must be in (0, 1), got {dropout!r}")
         self.dropout = float(dropout)
-        self.masks = _check_int("dropquery", "masks", masks, 1)
-        self.min_candidates_per_pick = _check_int("dropquery", "min_candidates_per_pick", min_candidates_per_pick, 0)
-        self.kmeans_iters = _check_int("dropquery", "kmeans_iters", kmeans_iters, 0)
-        self.chunk = _check_int("dropquery", "chunk", chunk, 1)
+        self.masks = check_int("dropquery", "masks", masks, 1)
+        self.min_candidates_per_pick = check_int("dropquery", "min_candidates_per_pick", min_candidates_per_pick, 0)
+        self.kmeans_iters = check_int("dropquery", "kmeans_iters", kmeans_iters, 0)
+        self.chunk = check_int("dropquery", "chunk", chunk, 1)
 
     def mismatches(self, ctx: SelectionContext, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """How many of the ``masks`` dropout predictions of each row differ from its clean prediction."""

@@ -22,7 +22,7 @@ from ..base import (POOL_FEATURES, PREDICTOR, PROBS, TEXT_FEATURES, AcquisitionS
 from ..feature_space import features_in_space, space_inputs
 from ..kernels import kmeans
 from ..registry import ACQUISITIONS, register_acquisition
-from ..validation import AcquisitionInputError
+from ..validation import AcquisitionInputError, check_int
 from .uncertainty import top_k
 
 
@@ -127,14 +127,11 @@ class Bald(AcquisitionStrategy):
                  probe_options: dict | None = None, chunk: int = 4096):
         if mode not in ("mc_dropout", "ensemble"):
             raise ValueError(f"bald: mode must be 'mc_dropout' or 'ensemble', got {mode!r}")
-        if not isinstance(samples, (int, np.integer)) or samples < 2:
-            raise ValueError(f"bald: samples must be an integer >= 2 (one pass has no disagreement), got {samples!r}")
+        samples = check_int("bald", "samples", samples, 2, "one pass has no disagreement")
         if not 0.0 < float(p) < 1.0:
             raise ValueError(f"bald: dropout p must be in (0, 1), got {p!r}")
-        if not isinstance(ensemble_size, (int, np.integer)) or ensemble_size < 2:
-            raise ValueError(f"bald: ensemble_size must be an integer >= 2, got {ensemble_size!r}")
-        if not isinstance(chunk, (int, np.integer)) or chunk < 1:
-            raise ValueError(f"bald: chunk must be a positive integer (rows per block), got {chunk!r}")
+        ensemble_size = check_int("bald", "ensemble_size", ensemble_size, 2)
+        chunk = check_int("bald", "chunk", chunk, 1, "rows per block")
         probe_options = dict(probe_options or {})
         from ..adaptation.linear_probe import LinearProbe
 
@@ -144,8 +141,8 @@ class Bald(AcquisitionStrategy):
             raise ValueError(f"bald: probe_options are not LinearProbe options ({err})") from None
         except ValueError as err:
             raise ValueError(f"bald: probe_options: {err}") from None
-        self.mode, self.samples, self.p = mode, int(samples), float(p)
-        self.ensemble_size, self.probe_options, self.chunk = int(ensemble_size), probe_options, int(chunk)
+        self.mode, self.samples, self.p = mode, samples, float(p)
+        self.ensemble_size, self.probe_options, self.chunk = ensemble_size, probe_options, chunk
         self.requires = frozenset({PREDICTOR, POOL_FEATURES}) | (
             frozenset({TEXT_FEATURES}) if mode == "ensemble" else frozenset())
 
@@ -343,14 +340,12 @@ class AlfaMix(AcquisitionStrategy):
             raise ValueError(f"alfamix: alpha_cap must be in (0, 1], got {alpha_cap!r}")
         if alpha_search not in ("auto", "gradient", "grid"):
             raise ValueError(f"alfamix: alpha_search must be 'auto', 'gradient' or 'grid', got {alpha_search!r}")
-        if not isinstance(alpha_grid, (int, np.integer)) or alpha_grid < 1:
-            raise ValueError(f"alfamix: alpha_grid must be an integer >= 1 (levels tried), got {alpha_grid!r}")
+        alpha_grid = check_int("alfamix", "alpha_grid", alpha_grid, 1, "levels tried")
         if fill not in ("random", "margin"):
             raise ValueError(f"alfamix: fill must be 'random' or 'margin', got {fill!r}")
-        if not isinstance(working_mb, (int, np.integer)) or working_mb < 0:
-            raise ValueError(f"alfamix: working_mb must be an integer >= 0, got {working_mb!r}")
-        self.alpha_cap, self.alpha_search, self.alpha_grid = float(alpha_cap), alpha_search, int(alpha_grid)
-        self.fill, self.feature_space, self.working_mb = fill, feature_space, int(working_mb)
+        working_mb = check_int("alfamix", "working_mb", working_mb, 0)
+        self.alpha_cap, self.alpha_search, self.alpha_grid = float(alpha_cap), alpha_search, alpha_grid
+        self.fill, self.feature_space, self.working_mb = fill, feature_space, working_mb
         self.requires = frozenset({PREDICTOR, POOL_FEATURES, TEXT_FEATURES}) | space_inputs("alfamix", feature_space)
 
     def _search(self, predictor: Predictor) -> str:
@@ -468,9 +463,8 @@ class PseudoClassBalance(AcquisitionStrategy):
             raise ValueError(f"pcb: base: {err.args[0]}") from None
         except ValueError as err:
             raise ValueError(f"pcb: base {base!r}: {err}") from None
-        if max_candidates is not None and (isinstance(max_candidates, bool) or int(max_candidates) < 1):
-            raise ValueError(f"pcb: max_candidates must be a positive integer or None, got {max_candidates!r}")
-        self.max_candidates = None if max_candidates is None else int(max_candidates)
+        self.max_candidates = None if max_candidates is None else check_int(
+            "pcb", "max_candidates", max_candidates, 1, "or None for no cap")
         self.base_name, self.gamma, self.within_class = base, float(gamma), within_class
         self.requires = frozenset(self.base.requires) | {PROBS}
 

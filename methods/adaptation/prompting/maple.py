@@ -28,6 +28,7 @@ from orchestrator.encoders import pick_device
 
 from ...base import IMAGES, TEXT_FEATURES, AdaptContext, Learner, TrainSet
 from ...registry import register_adaptation
+from ...validation import check_int
 from . import recipes
 from .coop import PromptSettings
 from .model import frozen_clip, logit_scale
@@ -46,8 +47,7 @@ class MaPLe(Learner):
                  recipe: str = "maple", epochs: int | None = None, lr: float | None = None,
                  batch_size: int | None = None, weight_decay: float | None = None, augment: bool | None = None,
                  temperature: float | None = None):
-        if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-            raise ValueError(f"maple: depth must be an integer >= 1, got {depth!r}")
+        check_int("maple", "depth", depth, 1)
         if temperature is not None and not temperature > 0:
             raise ValueError(f"maple: temperature must be > 0 (None = the model's logit scale), got {temperature!r}")
         self.prompt = PromptSettings(int(n_ctx), ctx_init, "end", "none", float(init_std))

@@ -65,6 +65,7 @@ from orchestrator.encoders import pick_device
 
 from ...base import IMAGES, TEXT_FEATURES, AdaptContext, ImageAccess, ImagePredictor, Learner, TrainSet
 from ...registry import register_adaptation
+from ...validation import check_int
 from . import recipes
 from .model import frozen_clip, logit_scale
 
@@ -244,8 +245,7 @@ class VPT(Learner):
                  head: str = "text", head_lr: float = 0.01):
         if variant not in VARIANTS:
             raise ValueError(f"vpt: unknown variant {variant!r}; choose one of {list(VARIANTS)}")
-        if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or tokens < 1:
-            raise ValueError(f"vpt: tokens must be an integer >= 1, got {tokens!r}")
+        check_int("vpt", "tokens", tokens, 1)
         if init not in INITS:
             raise ValueError(f"vpt: unknown init {init!r}; choose one of {list(INITS)}")
         if not init_std >= 0:
