@@ -21,6 +21,7 @@ from ..base import (POOL_FEATURES, PREDICTOR, PROBS, TEXT_FEATURES, AcquisitionS
                     ImagePredictor, Predictor, Selection, SelectionContext, TrainSet)
 from ..feature_space import features_in_space, space_inputs
 from ..kernels import kmeans
+from ..kernels.clustering import nearest_members
 from ..registry import ACQUISITIONS, register_acquisition
 from ..validation import AcquisitionInputError, check_int
 from .uncertainty import top_k
@@ -280,20 +281,6 @@ def _mix_block(x, anchors, predictor: Predictor, alpha_cap: float, search: str, 
     return changed, margin, full
 
 
-def _kmeans(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster ids and centres of ``x`` through the shared faiss/torch kernel."""
-    centres, labels = kmeans(x, k, seed)
-    return labels, centres
-
-
-def _nearest_to_centres(x: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """For each non-empty cluster, the position of its member nearest the centre (published rule)."""
-    dist = ((x - centres[labels]) ** 2).sum(1)
-    order = np.lexsort((np.arange(len(x)), dist, labels))  # by cluster, then distance, then position
-    first = np.flatnonzero(np.r_[True, labels[order][1:] != labels[order][:-1]])
-    return order[first].astype(np.int64)
-
-
 @register_acquisition("alfamix")
 class AlfaMix(AcquisitionStrategy):
     """ALFA-Mix (Parvaneh et al., CVPR 2022, "Active Learning by Feature Mixing").
@@ -404,8 +391,9 @@ class AlfaMix(AcquisitionStrategy):
         if len(cand) > budget:
             z = features_in_space(ctx, self.feature_space, cand)
             z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-            labels, centres = _kmeans(z, budget, int(rng.integers(2**31)))
-            chosen = cand[_nearest_to_centres(z, labels, centres)]
+            centres, labels = kmeans(z, budget, int(rng.integers(2**31)))
+            nearest = nearest_members(z, centres, labels, self.working_mb << 20)
+            chosen = cand[nearest[nearest >= 0]]  # the published rule; an empty cluster is filled below
         else:
             chosen = cand
         short = budget - len(chosen)

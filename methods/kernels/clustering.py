@@ -287,6 +287,25 @@ def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 20, weights: np.ndarra
     return _f32(centroids), assignment
 
 
+def nearest_members(x: np.ndarray, centroids: np.ndarray, assignment: np.ndarray,
+                    working_bytes: int = DEFAULT_WORKING_BYTES) -> np.ndarray:
+    """Per centroid, the row of its own cluster closest to it (-1 where the cluster is empty); ties: lower row."""
+    x = _f32(x)
+    centroids = _f32(centroids)
+    assignment = np.asarray(assignment, dtype=np.int64)
+    d = np.empty(len(x), dtype=np.float64)
+    step = rows_per_chunk(x.shape[1], working_bytes)
+    for s in range(0, len(x), step):
+        diff = x[s: s + step] - centroids[assignment[s: s + step]]
+        d[s: s + step] = np.einsum("ij,ij->i", diff, diff)
+    order = np.lexsort((np.arange(len(x)), d, assignment))
+    first = np.ones(len(order), bool)
+    first[1:] = assignment[order][1:] != assignment[order][:-1]
+    picked = np.full(len(centroids), -1, dtype=np.int64)
+    picked[assignment[order[first]]] = order[first]
+    return picked
+
+
 def nearest_to_centroids(x: np.ndarray, centroids: np.ndarray, assignment: np.ndarray | None = None,
                          device: str | None = None, backend: str | None = None,
                          working_bytes: int = DEFAULT_WORKING_BYTES) -> np.ndarray:
@@ -304,17 +323,8 @@ def nearest_to_centroids(x: np.ndarray, centroids: np.ndarray, assignment: np.nd
     backend, device = resolve_backend(device, backend)
     if assignment is None:
         _, assignment = assign(x, centroids, device=device, backend=backend, working_bytes=working_bytes)
-    assignment = np.asarray(assignment, dtype=np.int64)
-    d = np.empty(len(x), dtype=np.float64)
+    picked = nearest_members(x, centroids, assignment, working_bytes)
     step = rows_per_chunk(x.shape[1], working_bytes)
-    for s in range(0, len(x), step):
-        diff = x[s: s + step] - centroids[assignment[s: s + step]]
-        d[s: s + step] = np.einsum("ij,ij->i", diff, diff)
-    order = np.lexsort((np.arange(len(x)), d, assignment))
-    first = np.ones(len(order), bool)
-    first[1:] = assignment[order][1:] != assignment[order][:-1]
-    picked = np.full(k, -1, dtype=np.int64)
-    picked[assignment[order[first]]] = order[first]
     taken = np.zeros(len(x), bool)
     taken[picked[picked >= 0]] = True
     for c in np.flatnonzero(picked < 0):
