@@ -34,13 +34,15 @@ def space_inputs(strategy: str, feature_space: str) -> frozenset[str]:
     return SPACE_INPUTS[feature_space]
 
 
+def _source(ctx: SelectionContext, feature_space: str):
+    """The cached array a space starts from: the penultimate embeddings or the image features."""
+    return ctx.embeddings if feature_space in ("embedding", "penultimate") else ctx.pool_features
+
+
 def features_in_space(ctx: SelectionContext, feature_space: str, rows: np.ndarray | None = None,
                       chunk: int = 65536) -> np.ndarray:
     """float32 vectors of ``rows`` (default: the whole pool) in ``feature_space``."""
-    if feature_space in ("embedding", "penultimate"):
-        source = ctx.embeddings
-    else:
-        source = ctx.pool_features
+    source = _source(ctx, feature_space)
     if source is None:
         raise ValueError(f"feature space {feature_space!r} needs inputs the strategy did not declare "
                          f"({sorted(SPACE_INPUTS[feature_space])}); add them to its `requires`")
@@ -73,6 +75,4 @@ class _ClassGuidedView:
 
 def feature_view(ctx: SelectionContext, feature_space: str):
     """Something kernels can index by pool rows: the cached array itself, or a lazy class-guided view."""
-    if feature_space == "class_guided":
-        return _ClassGuidedView(ctx)
-    return ctx.embeddings if feature_space in ("embedding", "penultimate") else ctx.pool_features
+    return _ClassGuidedView(ctx) if feature_space == "class_guided" else _source(ctx, feature_space)

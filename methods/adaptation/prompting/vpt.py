@@ -295,8 +295,8 @@ class VPT(Learner):
         scale = logit_scale(enc) if self.temperature is None else 1.0 / float(self.temperature)
         n_layers = 1 if self.variant == "shallow" else tower.num_layers
 
-        def predictor(prompts: np.ndarray) -> VPTPredictor:
-            return VPTPredictor(prompts, text_np, scale, self.variant, ctx.encoder, ctx.precision,
+        def predictor(prompts: np.ndarray, classifier: np.ndarray = text_np) -> VPTPredictor:
+            return VPTPredictor(prompts, classifier, scale, self.variant, ctx.encoder, ctx.precision,
                                 device=ctx.device)
 
         n = len(train.labels)
@@ -329,6 +329,4 @@ class VPT(Learner):
             return F.cross_entropy(scale * feats @ text.T, labels[idx])
 
         self.losses = recipes.train(groups, batch_loss, n, self.recipe, rng, device)  # per-epoch, for inspection
-        fitted = predictor(prompts.detach().float().cpu().numpy())
-        fitted.text = text.detach().float().cpu().numpy()
-        return fitted
+        return predictor(prompts.detach().float().cpu().numpy(), text.detach().float().cpu().numpy())
