@@ -140,3 +140,14 @@ def test_trial_hash_covers_resolved_plugin_defaults(tmp_path):
                                     "adaptation_options": {"text_anchor": 0.5}}], **base).trials()[0]
     assert implicit["method"]["adaptation_options"]["epochs"] == 100
     assert implicit["config_hash"] == explicit["config_hash"] != changed["config_hash"]
+
+
+def test_with_defaults_changes_the_signature_the_config_hash_reads():
+    from methods.registry import ADAPTATIONS, with_defaults
+
+    resolved = ADAPTATIONS.resolve_options("cocoop", {})
+    assert resolved["n_ctx"] == 4 and resolved["epochs"] == 10  # CoCoOp's own defaults over CoOp's 16 / 200
+    assert ADAPTATIONS.resolve_options("coop", {})["n_ctx"] == 16
+    assert ADAPTATIONS.create("cocoop").prompt.n_ctx == 4 and ADAPTATIONS.create("cocoop", n_ctx=8).prompt.n_ctx == 8
+    with pytest.raises(TypeError, match="no such constructor option"):
+        with_defaults(n_ctxx=3)(type("Bad", (ADAPTATIONS.get("coop"),), {}))
