@@ -292,6 +292,33 @@ def test_dropquery_matches_scikit_activeml_on_diversity_and_uncertainty():
     assert np.mean(dis_ours) >= np.mean(dis_theirs) - 0.10
 
 
+def test_dropquery_torch_backend_sees_the_same_dropout_as_the_numpy_one():
+    """The device path (torch masks, argmax of the linear head) must flip the same points as often as the
+    predictor-calling numpy path: per-point flip counts over 40 masks agree closely."""
+    x, y, pred, labelled = _setup(0, n=800)
+    ctx = _ctx(x, y, labelled, pred)
+    flips = {(backend, seed): ACQUISITIONS.create("dropquery", masks=40, backend=backend).mismatches(
+        ctx, ctx.unlabelled, np.random.default_rng(seed)) for backend in ("numpy", "torch") for seed in (5, 6)}
+    across = np.corrcoef(flips["numpy", 5], flips["torch", 5])[0, 1]
+    within = np.corrcoef(flips["numpy", 5], flips["numpy", 6])[0, 1]  # what mask noise alone allows
+    print(f"mean flips numpy {flips['numpy', 5].mean():.2f} torch {flips['torch', 5].mean():.2f}; "
+          f"correlation numpy-torch {across:.3f}, numpy-numpy {within:.3f}")
+    assert abs(flips["numpy", 5].mean() - flips["torch", 5].mean()) < 0.05 * 40
+    assert across > within - 0.1 and within > 0.5
+    picked = _select("dropquery", ctx, 20, seed=3, backend="torch")
+    _assert_valid(picked, ctx, 20)
+    assert np.array_equal(picked, _select("dropquery", ctx, 20, seed=3, backend="torch"))
+
+    class Opaque:
+        def predict_proba(self, features):
+            return pred.predict_proba(features)
+
+    ctx.predictor = Opaque()
+    with pytest.raises(ValueError, match="linear head"):
+        _select("dropquery", ctx, 20, seed=3, backend="torch")
+    _assert_valid(_select("dropquery", ctx, 20, seed=3), ctx, 20)  # the numpy path takes any predictor
+
+
 def test_centroid_selection_is_as_representative_as_scikit_learn_kmeans():
     ours, theirs = [], []
     for seed in SEEDS:
@@ -311,3 +338,32 @@ def test_clustering_strategies_run_in_the_round_loop():
     for name in NAMES:
         results = list(_run(acq=name, rounds=2, cold_start="method").rounds())
         assert [m["labels_spent"] for _, m, _ in results] == [0, 6, 12]
+
+
+def test_probcover_sampled_graph_covers_nearly_as_much_as_the_exact_graph():
+    """Above ``graph_sample`` unlabelled points ProbCover counts coverage on a seeded sample of targets
+    (O(N sample d) instead of O(N^2 d)); its picks must still cover the whole pool almost as well."""
+    gaps = []
+    for seed in SEEDS:
+        x, y, _, labelled = _setup(seed, n=3000)
+        ctx = _ctx(x, y, labelled)
+        delta = 0.5
+
+        def coverage(picked, x=x, labelled=labelled):
+            return (cdist(x, x[np.concatenate([labelled, picked])]).min(1) < delta).mean()
+
+        exact = _select("probcover", ctx, 15, seed, delta=delta, graph_sample=None)
+        sampled = _select("probcover", ctx, 15, seed, delta=delta, graph_sample=1200)
+        _assert_valid(sampled, ctx, 15)
+        assert np.array_equal(sampled, _select("probcover", ctx, 15, seed, delta=delta, graph_sample=1200))
+        rand = np.random.default_rng(seed).choice(ctx.unlabelled, 15, replace=False)
+        print(f"seed {seed}: coverage exact {coverage(exact):.4f} sampled {coverage(sampled):.4f} "
+              f"random {coverage(rand):.4f}")
+        gaps.append(coverage(exact) - coverage(sampled))
+        assert coverage(sampled) > coverage(rand) + 0.1
+    assert np.mean(gaps) <= 0.02 and max(gaps) <= 0.04
+    # A budget larger than the sample can cover is filled from the whole unlabelled pool, not just the sample.
+    x, y, _, labelled = _setup(0, n=800)
+    ctx = _ctx(x, y, labelled)
+    picked = _select("probcover", ctx, 300, seed=4, delta=1.5, graph_sample=200)
+    _assert_valid(picked, ctx, 300)

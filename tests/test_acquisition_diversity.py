@@ -86,6 +86,34 @@ def test_badge_matches_dense_kmeanspp_and_beats_random_on_its_objective(seed):
     assert badge_mean < random_mean
 
 
+def test_badge_with_several_draws_per_pass_keeps_the_kmeanspp_potential():
+    """Above ``max_passes`` draws BADGE draws several centres per pass (k-means||-style): its potential
+    must stay near exact k-means++'s and well below random's; below it, the picks are the exact ones."""
+    x, _ = _clustered(n=1500, d=16, seed=3)
+    rng = np.random.default_rng(3)
+    logits = x @ rng.normal(size=(16, 10)).astype(np.float32) * 0.3
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    ctx = _ctx(x, rng.choice(len(x), 20, replace=False), probs)
+
+    def potentials(budget, **options):
+        strategy = ACQUISITIONS.create("badge", **options)
+        picks = [strategy.select(ctx, budget, np.random.default_rng(100 + k)).indices for k in range(5)]
+        for p in picks:
+            assert len(np.unique(p)) == budget and np.isin(p, ctx.unlabelled).all()
+        return np.mean([kmeanspp_potential(probs, x, ctx.unlabelled, p) for p in picks])
+
+    assert np.array_equal(ACQUISITIONS.create("badge", max_passes=24).select(ctx, 25, np.random.default_rng(0)).indices,
+                          ACQUISITIONS.create("badge", max_passes=None).select(ctx, 25, np.random.default_rng(0)).indices)
+    exact, batched = potentials(200, max_passes=None), potentials(200, max_passes=20)  # 10 centres per pass
+    random_mean = np.mean([kmeanspp_potential(probs, x, ctx.unlabelled, np.random.default_rng(100 + k).choice(
+        ctx.unlabelled, 200, replace=False)) for k in range(5)])
+    print(f"k-means++ potential at 200 centres: exact {exact:.4f} 10/pass {batched:.4f} random {random_mean:.4f}")
+    assert batched <= 1.10 * exact and batched < 0.8 * random_mean
+    with pytest.raises(ValueError, match="max_passes"):
+        ACQUISITIONS.create("badge", max_passes=0)
+
+
 def test_diversity_strategies_run_in_the_round_loop():
     from tests.test_loop import _run
 

@@ -130,6 +130,13 @@ def test_radius_graph_and_purity_distances_equal_dense_references(backend):
     assert indptr[-1] == (dense < radius).sum()
     with pytest.raises(RuntimeError, match="more than"):
         radius_graph(x, radius, backend=backend, device="cpu", max_edges=len(x))
+    # Bipartite: every row to a subset of target rows, neighbours as positions in ``targets``.
+    targets = np.sort(np.random.default_rng(0).choice(len(x), 150, replace=False))
+    bptr, bidx = radius_graph(x, radius, backend=backend, device="cpu", working_bytes=1 << 15, targets=targets)
+    expected = dense[:, targets] < radius
+    assert bptr[-1] == expected.sum()
+    for r in range(len(x)):
+        assert bidx[bptr[r]: bptr[r + 1]].tolist() == np.flatnonzero(expected[r]).tolist()
     capped_ptr, capped = knn_radius_graph(x, radius, 4, backend=backend, device="cpu")
     assert np.diff(capped_ptr).max() <= 4 and (capped[capped_ptr[:-1]] == np.arange(len(x))).all()
     labels = KMeans(5, random_state=0, n_init=1).fit_predict(x)

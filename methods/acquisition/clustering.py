@@ -161,21 +161,33 @@ class ProbCover(AcquisitionStrategy):
     delta is re-estimated at every selection (same pool, so only the k-means
     seed changes it; ``last_delta`` holds the latest); pass ``delta`` to fix it.
 
-    Scale: the exact graph costs O(N^2 d) (1,000 s at N = 100,000 on two
-    cores). With ``approximate_above=M``, pools larger than M build it with a
-    faiss inverted-file index (4 sqrt(N) cells, ``ivf_nprobe`` probed, seeded),
-    which may miss neighbours in unprobed cells -- an opt-in approximation.
+    Scale: the exact graph costs O(N^2 d) time and, when delta spans whole
+    classes, about N^2 / C edges (1,000 s at N = 100,000 on two cores). With
+    more than ``graph_sample`` (20,000) unlabelled points the graph is built
+    on a seeded uniform sample of that many of them, plus every labelled
+    point: coverage is then a Monte Carlo estimate of the covered fraction of
+    the pool (each sampled point stands for N / graph_sample of it), and
+    candidates are the sampled points. delta still comes from the whole pool.
+    Cost: O(graph_sample^2 d), whatever N. If the sample is covered before the
+    budget is spent, the rest are drawn from the whole unlabelled pool.
+    ``graph_sample=None`` always builds the exact graph. With
+    ``approximate_above=M``, graphs over more than M points are built with a
+    faiss inverted-file index (4 sqrt(M) cells, ``ivf_nprobe`` probed,
+    seeded), which may miss neighbours in unprobed cells.
 
     Deviations: the exact purity solution above instead of the authors' grid /
     binary search, and its sampled estimate on pools above ``purity_sample``;
-    k-means is faiss/torch Lloyd with k-means++ seeding.
+    the sampled graph above ``graph_sample``; k-means is faiss/torch Lloyd
+    with k-means++ seeding.
     """
 
     def __init__(self, feature_space: str = "image", delta: float | None = None, alpha: float = 0.95,
                  purity_grid: list[float] | None = None, purity_sample: int | None = 10000,
                  max_edges: int = 50_000_000, kmeans_iters: int = 20, working_mb: int = 256,
-                 approximate_above: int | None = None, ivf_nprobe: int = 8):
+                 approximate_above: int | None = None, ivf_nprobe: int = 8, graph_sample: int | None = 20000):
         self.feature_space = feature_space
+        self.graph_sample = None if graph_sample is None else check_int(
+            "probcover", "graph_sample", graph_sample, 1, "or None for the exact graph")
         self.requires = space_inputs("probcover", feature_space)
         self.approximate_above = None if approximate_above is None else check_int(
             "probcover", "approximate_above", approximate_above, 1)
@@ -220,20 +232,44 @@ class ProbCover(AcquisitionStrategy):
         x = features_in_space(ctx, self.feature_space, rows)
         delta = self.delta if self.delta is not None else self.estimate_delta(x, ctx.num_classes, rng)
         self.last_delta = delta
+        targets = None
+        if self.graph_sample is not None and len(unlabelled) > self.graph_sample:
+            targets = np.concatenate([np.arange(len(labelled)), len(labelled) + np.sort(
+                rng.choice(len(unlabelled), size=self.graph_sample, replace=False))])
+        indptr, indices, n_targets = self._graph(x, delta, targets, rng)
+        picks = rows[greedy_max_coverage(indptr, indices, np.arange(len(labelled)),
+                                         np.arange(len(labelled), len(rows)), budget, n_targets)]
+        if len(picks) < budget:  # everything (in the graph) is covered: the authors fill at random
+            rest = np.setdiff1d(unlabelled, picks, assume_unique=True)
+            picks = np.concatenate([picks, rng.choice(rest, size=budget - len(picks), replace=False)])
+        return Selection(picks)
+
+    def _graph(self, x: np.ndarray, delta: float, targets: np.ndarray | None,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+        """The delta-ball graph from every row of ``x`` to ``targets`` (all rows when None) as CSR, with
+        the number of targets; kept under ``max_edges`` (see the class docstring)."""
         wb = self.working_mb << 20
         ivf = None
-        if self.approximate_above is not None and len(x) > self.approximate_above:
-            ivf = (int(4 * np.sqrt(len(x))), self.ivf_nprobe, _seed(rng))
-        try:
-            indptr, indices = radius_graph(x, delta, working_bytes=wb, max_edges=self.max_edges, ivf=ivf)
-        except TooManyEdges:
-            cap = max(2, self.max_edges // len(x))
-            warnings.warn(f"probcover: the delta={delta:.4g} graph has more than {self.max_edges} edges; "
-                          f"keeping each point's {cap - 1} nearest neighbours within delta")
-            indptr, indices = knn_radius_graph(x, delta, cap, working_bytes=wb)
-        picks = greedy_max_coverage(indptr, indices, np.arange(len(labelled)),
-                                    np.arange(len(labelled), len(rows)), budget, rng)
-        return Selection(rows[picks])
+        searched = len(x) if targets is None else len(targets)
+        if self.approximate_above is not None and searched > self.approximate_above:
+            ivf = (int(4 * np.sqrt(searched)), self.ivf_nprobe, _seed(rng))
+        while True:
+            try:
+                indptr, indices = radius_graph(x, delta, working_bytes=wb, max_edges=self.max_edges, ivf=ivf,
+                                               targets=targets)
+                return indptr, indices, searched
+            except TooManyEdges:
+                if targets is None:
+                    cap = max(2, self.max_edges // len(x))
+                    warnings.warn(f"probcover: the delta={delta:.4g} graph has more than {self.max_edges} edges; "
+                                  f"keeping each point's {cap - 1} nearest neighbours within delta")
+                    return *knn_radius_graph(x, delta, cap, working_bytes=wb), len(x)
+                if len(targets) < 2:
+                    raise
+                targets = np.sort(rng.choice(targets, size=len(targets) // 2, replace=False))
+                searched = len(targets)
+                warnings.warn(f"probcover: the delta={delta:.4g} graph has more than {self.max_edges} edges; "
+                              f"halving the coverage sample to {searched} points")
 
 
 def purity_delta(d_other: np.ndarray, alpha: float, grid: list[float] | None = None) -> float:
@@ -274,20 +310,22 @@ def _gather(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> np.nda
 
 
 def greedy_max_coverage(indptr: np.ndarray, indices: np.ndarray, covering: np.ndarray, candidates: np.ndarray,
-                        budget: int, rng: np.random.Generator) -> np.ndarray:
-    """Greedy max coverage on a CSR graph: ``budget`` candidates, each covering the most uncovered nodes.
+                        budget: int, n_targets: int | None = None) -> np.ndarray:
+    """Greedy max coverage on a CSR graph: up to ``budget`` candidates, each covering the most uncovered targets.
 
-    ``covering`` nodes (the labelled ones) cover their out-neighbours up front.
-    Degrees are kept up to date through the transposed graph, so the whole run
-    costs O(E + budget N). When no candidate covers anything new the rest are
-    uniform at random among the unpicked candidates.
+    Row i of the graph lists the targets node i covers (``n_targets`` of them;
+    by default the nodes themselves). ``covering`` nodes (the labelled ones)
+    cover theirs up front. Degrees are kept up to date through the transposed
+    graph, so the whole run costs O(E + budget N). Stops early, with fewer
+    picks, once no candidate covers anything new (ties: lowest node id).
     """
     from scipy.sparse import csr_matrix
 
     n = len(indptr) - 1
-    graph = csr_matrix((np.ones(len(indices), dtype=np.int8), indices, indptr), shape=(n, n))
-    rev = graph.T.tocsr()  # in-neighbours: who covers y
-    covered = np.zeros(n, bool)
+    n_targets = n if n_targets is None else int(n_targets)
+    graph = csr_matrix((np.ones(len(indices), dtype=np.int8), indices, indptr), shape=(n, n_targets))
+    rev = graph.T.tocsr()  # in-neighbours: who covers target y
+    covered = np.zeros(n_targets, bool)
     covered[_gather(indptr, indices, covering)] = True
     degree = np.asarray(graph @ (~covered).astype(np.int32)).astype(np.int64)
     is_candidate = np.zeros(n, bool)
@@ -297,8 +335,6 @@ def greedy_max_coverage(indptr: np.ndarray, indices: np.ndarray, covering: np.nd
         score = np.where(is_candidate, degree, -1)
         j = int(np.argmax(score))
         if score[j] <= 0:
-            rest = np.flatnonzero(is_candidate)
-            picks.extend(int(r) for r in rng.choice(rest, size=budget - len(picks), replace=False))
             break
         picks.append(j)
         is_candidate[j] = False
@@ -360,10 +396,22 @@ class DropQuery(AcquisitionStrategy):
     ``cold_start`` is centroid selection (the paper's recommended start).
     Deviation: the authors L2-normalise the candidate embeddings before
     k-means; here the feature space is used as it is.
+
+    ``backend``: ``numpy`` draws the masks with ``rng`` and calls the
+    predictor; ``torch`` (for a linear head, the ``LinearPredictor`` of
+    probes and zero-shot) draws them from a torch generator seeded by ``rng``
+    and predicts on the device, which at ImageNet scale moves the
+    3 x N x d masks and matrix products to the GPU. Default: ``torch`` on CUDA,
+    else ``numpy``. The two backends draw different masks, so their picks
+    differ for the same seed.
     """
 
     def __init__(self, feature_space: str = "image", dropout: float = 0.75, masks: int = 3,
-                 min_candidates_per_pick: int = 0, kmeans_iters: int = 20, chunk: int = 16384):
+                 min_candidates_per_pick: int = 0, kmeans_iters: int = 20, chunk: int = 16384,
+                 backend: str | None = None):
+        if backend not in (None, "numpy", "torch"):
+            raise ValueError(f"dropquery: backend must be 'numpy', 'torch' or None (torch on CUDA), got {backend!r}")
+        self.backend = backend
         self.feature_space = feature_space
         self.requires = frozenset({PREDICTOR, POOL_FEATURES}) | space_inputs("dropquery", feature_space)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 < dropout < 1:
@@ -378,6 +426,16 @@ class DropQuery(AcquisitionStrategy):
         """How many of the ``masks`` dropout predictions of each row differ from its clean prediction."""
         if ctx.predictor is None or ctx.pool_features is None:
             raise ValueError("dropquery: needs the predictor and the pool features (declare them in `requires`)")
+        from ..adaptation.zeroshot import LinearPredictor
+        from orchestrator.encoders import pick_device
+
+        device = pick_device()
+        backend = self.backend or ("torch" if device.startswith("cuda") else "numpy")
+        if backend == "torch":
+            if not isinstance(ctx.predictor, LinearPredictor):
+                raise ValueError(f"dropquery: backend 'torch' needs a linear head (LinearPredictor), got "
+                                 f"{type(ctx.predictor).__name__}; use backend: numpy")
+            return self._mismatches_torch(ctx.pool_features, ctx.predictor, rows, rng, device)
         out = np.zeros(len(rows), dtype=np.int64)
         keep = 1.0 - self.dropout
         for s in range(0, len(rows), self.chunk):
@@ -386,6 +444,27 @@ class DropQuery(AcquisitionStrategy):
             for _ in range(self.masks):
                 mask = rng.random(x.shape, dtype=np.float32) < keep
                 out[s: s + self.chunk] += ctx.predictor.predict_proba(x * mask / np.float32(keep)).argmax(1) != clean
+        return out
+
+    def _mismatches_torch(self, features: np.ndarray, head, rows: np.ndarray, rng: np.random.Generator,
+                          device: str) -> np.ndarray:
+        """:meth:`mismatches` for a linear head on ``device``: the argmax of ``x W^T + b`` (softmax and
+        temperature do not move it), masks from a torch generator seeded by ``rng``."""
+        import torch
+
+        w = torch.as_tensor(np.asarray(head.weight, dtype=np.float32), device=device)
+        b = torch.as_tensor(np.asarray(head.bias, dtype=np.float32), device=device)
+        gen = torch.Generator(device=device).manual_seed(_seed(rng))
+        keep = 1.0 - self.dropout
+        out = np.zeros(len(rows), dtype=np.int64)
+        for s in range(0, len(rows), self.chunk):
+            x = torch.as_tensor(np.asarray(features[rows[s: s + self.chunk]], dtype=np.float32), device=device)
+            clean = torch.addmm(b, x, w.T).argmax(1)
+            changed = torch.zeros(len(x), dtype=torch.int64, device=device)
+            for _ in range(self.masks):
+                mask = torch.rand(x.shape, generator=gen, device=device) < keep
+                changed += torch.addmm(b, x * mask / keep, w.T).argmax(1) != clean
+            out[s: s + self.chunk] = changed.cpu().numpy()
         return out
 
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:

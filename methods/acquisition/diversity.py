@@ -8,6 +8,7 @@ from ..base import PROBS, AcquisitionStrategy, Selection, SelectionContext
 from ..feature_space import feature_view, space_inputs
 from ..kernels import badge_kmeanspp, greedy_k_center
 from ..registry import register_acquisition
+from ..validation import check_int
 
 
 @register_acquisition("coreset")
@@ -34,14 +35,21 @@ class CoreSet(AcquisitionStrategy):
 class Badge(AcquisitionStrategy):
     """BADGE (Ash et al., ICLR 2020): k-means++ seeding on last-layer gradient embeddings.
 
-    Deviation: the gradient embedding is never materialised; distances use the
-    factorised form (see ``methods.kernels.badge``), which is exact.
+    Deviations: the gradient embedding is never materialised; distances use
+    the factorised form (see ``methods.kernels.badge``), which is exact.
+    Budgets above ``max_passes`` (1,000) + 1 -- PCB's candidate sets, not the
+    papers' per-round budgets -- draw several centres per pass over the pool
+    (k-means|| oversampling, see ``badge_kmeanspp``); ``max_passes=None``
+    keeps every draw exact whatever the budget.
     """
 
-    def __init__(self, feature_space: str = "embedding"):
+    def __init__(self, feature_space: str = "embedding", max_passes: int | None = 1000):
         self.feature_space = feature_space
         self.requires = frozenset({PROBS}) | space_inputs("badge", feature_space)
+        self.max_passes = None if max_passes is None else check_int(
+            "badge", "max_passes", max_passes, 1, "or None for one pass per centre")
 
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
         features = feature_view(ctx, self.feature_space)
-        return Selection(badge_kmeanspp(ctx.probs, features, ctx.unlabelled, budget, rng))
+        return Selection(badge_kmeanspp(ctx.probs, features, ctx.unlabelled, budget, rng,
+                                        max_passes=self.max_passes))

@@ -13,6 +13,8 @@ instead of materialising N x C x d floats (terabytes for ImageNet).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from orchestrator.encoders import pick_device
@@ -49,12 +51,20 @@ def factorised_sq_dist(a, h, b, q, row_norms=None):
 
 
 def badge_kmeanspp(probs: np.ndarray, embeddings: np.ndarray, candidates: np.ndarray, budget: int,
-                   rng: np.random.Generator, device: str | None = None) -> np.ndarray:
+                   rng: np.random.Generator, device: str | None = None, max_passes: int | None = None) -> np.ndarray:
     """k-means++ seeding over the gradient embeddings of ``candidates``.
 
     As in the authors' code, the first centre is the point with the largest
     gradient norm; each next one is drawn with probability proportional to its
     squared distance to the nearest chosen centre (D^2 sampling, from ``rng``).
+
+    Every draw needs a pass over all candidates, which is memory-bound: a few
+    thousand centres over 10^5+ rows (PCB's candidate sets) take minutes.
+    With ``max_passes`` and more than ``max_passes`` draws to make, each pass
+    draws ``ceil((budget - 1) / max_passes)`` centres at once from the current
+    D^2 distribution (without replacement, Efraimidis-Spirakis keys) and
+    updates distances with one matrix product -- the oversampling of
+    k-means|| (Bahmani et al., VLDB 2012). Fewer draws than that stay exact.
     """
     import torch
 
@@ -68,15 +78,47 @@ def badge_kmeanspp(probs: np.ndarray, embeddings: np.ndarray, candidates: np.nda
     first = int(torch.argmax(norms))
     picked = [first]
     dist = factorised_sq_dist(a, h, a[first], h[first], norms)
-    for _ in range(budget - 1):
+    per_pass = 1 if max_passes is None else max(1, math.ceil((budget - 1) / max_passes))
+    while len(picked) < budget:
         weights = dist.double().cpu().numpy()
         weights[picked] = 0.0
-        total = weights.sum()
-        j = int(rng.choice(len(weights), p=weights / total)) if total > 0 else \
-            int(rng.choice(np.setdiff1d(np.arange(len(weights)), picked)))
-        picked.append(j)
-        dist = torch.minimum(dist, factorised_sq_dist(a, h, a[j], h[j], norms))
+        take = min(per_pass, budget - len(picked))
+        new = _d2_draws(weights, take, picked, rng)
+        picked.extend(new)
+        if take == 1:
+            dist = torch.minimum(dist, factorised_sq_dist(a, h, a[new[0]], h[new[0]], norms))
+        else:
+            dist = torch.minimum(dist, _min_factorised_sq_dist(a, h, norms, new))
     return candidates[np.asarray(picked)]
+
+
+def _d2_draws(weights: np.ndarray, take: int, picked: list[int], rng: np.random.Generator) -> list[int]:
+    """``take`` distinct rows drawn proportionally to ``weights``; uniform among the unpicked if all are 0."""
+    total = weights.sum()
+    if take == 1:  # the exact k-means++ step, kept draw-for-draw identical to the published rule
+        if total > 0:
+            return [int(rng.choice(len(weights), p=weights / total))]
+        return [int(rng.choice(np.setdiff1d(np.arange(len(weights)), picked)))]
+    positive = np.flatnonzero(weights > 0)
+    if len(positive) <= take:
+        rest = np.setdiff1d(np.setdiff1d(np.arange(len(weights)), picked), positive)
+        return positive.tolist() + rng.choice(rest, size=take - len(positive), replace=False).tolist()
+    keys = np.log(rng.random(len(positive))) / weights[positive]  # Efraimidis-Spirakis: the largest keys win
+    return positive[np.argpartition(keys, -take)[-take:]].tolist()
+
+
+def _min_factorised_sq_dist(a, h, norms, centres: list[int], chunk: int = 65536):
+    """Squared distance of every row to the nearest of ``centres`` (rows of ``a (x) h``), in row chunks."""
+    import torch
+
+    idx = torch.as_tensor(centres, device=a.device)
+    ca, ch = a[idx], h[idx]
+    centre_norms = (ca * ca).sum(1) * (ch * ch).sum(1)
+    out = torch.empty(len(a), dtype=a.dtype, device=a.device)
+    for s in range(0, len(a), chunk):
+        cross = (a[s: s + chunk] @ ca.T) * (h[s: s + chunk] @ ch.T)
+        out[s: s + chunk] = (norms[s: s + chunk, None] - 2 * cross + centre_norms[None, :]).clamp_min(0).amin(1)
+    return out
 
 
 def kmeanspp_potential(probs: np.ndarray, embeddings: np.ndarray, rows: np.ndarray, centres: np.ndarray) -> float:

@@ -409,13 +409,19 @@ def knn(x: np.ndarray, k: int, queries: np.ndarray | None = None, device: str | 
 
 def radius_graph(x: np.ndarray, radius: float, device: str | None = None, backend: str | None = None,
                  working_bytes: int = DEFAULT_WORKING_BYTES, max_edges: int | None = None,
-                 ivf: tuple[int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 ivf: tuple[int, int, int] | None = None,
+                 targets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """CSR adjacency ``(indptr (n+1,) int64, indices (E,) int32)`` of ``||x_i - x_j|| < radius``.
 
     Every row lists itself first (a self-loop), then its other neighbours in
     increasing row id. Built block by block (faiss ``range_search`` or blocked
     torch distances), never as a dense N x N matrix; raises
     :class:`TooManyEdges` as soon as the edge count would pass ``max_edges``.
+
+    ``targets`` (row ids) makes the graph bipartite: row i lists the positions
+    ``t`` in ``targets`` with ``||x_i - x_targets[t]|| < radius``, in
+    increasing order (a row that is itself a target finds itself at distance 0;
+    no self-loop is added). Cost O(N |targets| d) instead of O(N^2 d).
 
     ``ivf=(nlist, nprobe, seed)`` searches a faiss inverted-file index instead
     (faiss backend only): each point is compared with the ``nprobe`` of
@@ -430,6 +436,8 @@ def radius_graph(x: np.ndarray, radius: float, device: str | None = None, backen
     if not radius > 0:
         raise ValueError(f"radius_graph: radius must be > 0, got {radius}")
     backend, device = resolve_backend(device, backend)
+    bipartite = targets is not None
+    base = x[np.asarray(targets, dtype=np.int64)] if bipartite else x
     counts = np.empty(n, dtype=np.int64)
     parts: list[np.ndarray] = []
     total = 0
@@ -440,13 +448,14 @@ def radius_graph(x: np.ndarray, radius: float, device: str | None = None, backen
         if ivf is None:
             index = _faiss_index(x.shape[1], device.startswith("cuda") and faiss_has_gpu())
         else:
-            index = _ivf_index(x, *ivf)
-        index.add(x)
-        step = max(1, rows_per_chunk(n, working_bytes) // 4)
+            index = _ivf_index(base, *ivf)
+        index.add(base)
+        step = max(1, rows_per_chunk(len(base), working_bytes) // 4)
     else:
         xt = as_tensor(x, device)
-        x_norm = (xt * xt).sum(1)
-        step = rows_per_chunk(n, working_bytes)
+        bt = as_tensor(base, device) if bipartite else xt
+        b_norm = (bt * bt).sum(1)
+        step = rows_per_chunk(len(base), working_bytes)
     for s in range(0, n, step):
         e = min(n, s + step)
         if backend == "faiss":
@@ -454,9 +463,19 @@ def radius_graph(x: np.ndarray, radius: float, device: str | None = None, backen
             rows = np.repeat(np.arange(e - s), np.diff(lims.astype(np.int64)))
         else:
             qb = xt[s:e]
-            d = torch.addmm(x_norm[None, :], qb, xt.T, alpha=-2)  # ||x_j||^2 - 2 q.x_j; ||q||^2 moves right
+            d = torch.addmm(b_norm[None, :], qb, bt.T, alpha=-2)  # ||x_j||^2 - 2 q.x_j; ||q||^2 moves right
             rows_t, nbr_t = torch.nonzero(d < r2 - (qb * qb).sum(1, keepdim=True), as_tuple=True)
             rows, nbr = rows_t.cpu().numpy(), nbr_t.cpu().numpy()
+        if bipartite:
+            nbr = nbr.astype(np.int64)
+            order = np.lexsort((nbr, rows))
+            c = np.bincount(rows, minlength=e - s)
+            counts[s:e] = c
+            total += int(c.sum())
+            if max_edges is not None and total > max_edges:
+                raise TooManyEdges(f"radius graph at radius {radius:.4g} has more than {max_edges} edges")
+            parts.append(nbr[order].astype(np.int32))
+            continue
         keep = nbr != rows + s
         rows, nbr = rows[keep], nbr[keep].astype(np.int64)
         order = np.lexsort((nbr, rows))
