@@ -256,7 +256,7 @@ def worker_ours(job: dict) -> dict:
     load_plugins(job.get("plugins", []))
     data = load(Path(job["data"]))
     name, budget, seed = job["strategy"], job["budget"], job["seed"]
-    strategy = ACQUISITIONS.create(name)
+    strategy = ACQUISITIONS.create(name, **job.get("options", {}))
     needs = strategy.requires
     cuda = job["device"] == "cuda"
     if cuda:
@@ -617,6 +617,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--plugins", default="",
                     help="comma-separated plug-in modules (dotted names or .py paths) to import first, as a sweep's "
                          "`plugins:` does")
+    ap.add_argument("--options", default="{}",
+                    help='JSON object of per-strategy options, as a sweep config gives them, e.g. '
+                         '\'{"pcb": {"max_candidates": 10000}}\' (default: each strategy\'s defaults)')
     ap.add_argument("--compare-skactiveml", action="store_true")
     ap.add_argument("--skactiveml-timeout", type=float, default=900.0, help="seconds per reference run")
     ap.add_argument("--skactiveml-max-gb", type=float, default=None,
@@ -653,6 +656,21 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("--device cuda but torch sees no CUDA device")
     registered = set(ACQUISITIONS.names())
     wanted = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    try:
+        options = json.loads(args.options)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--options is not valid JSON ({err}); give an object such as "
+                         f"'{{\"pcb\": {{\"max_candidates\": 10000}}}}'") from None
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise SystemExit("--options must be a JSON object mapping strategy names to objects of options")
+    unknown = sorted(set(options) - set(wanted))
+    if unknown:
+        raise SystemExit(f"--options names strategies not in --strategies: {', '.join(unknown)}")
+    for name, opts in options.items():
+        try:
+            ACQUISITIONS.create(name, **opts)
+        except (KeyError, TypeError, ValueError) as err:
+            raise SystemExit(f"--options for {name}: {err}") from None
     skipped = {name: "not registered" for name in wanted if name not in registered}
     names = [name for name in wanted if name in registered]
     for name in skipped:
@@ -676,7 +694,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="acq-scale-") as tmp:
         workdir = Path(tmp)
         for name in names:
-            base_job = {"strategy": name, "data": str(data_path), "budget": args.budget, "seed": args.seed,
+            base_job = {"strategy": name, "options": options.get(name, {}), "data": str(data_path),
+                        "budget": args.budget, "seed": args.seed,
                         "repeats": args.repeats, "device": device, "plugins": plugins}
             ours, picked = run_child({**base_job, "side": "ours"}, workdir, args.timeout, device)
             entry = {"ours": ours}
@@ -787,7 +806,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     figures = {
         "benchmark": "acquisition_scale",
-        "params": {"n": args.n, "dim": args.dim, "classes": args.classes, "budget": args.budget,
+        "params": {"options": options, "n": args.n, "dim": args.dim, "classes": args.classes, "budget": args.budget,
                    "labelled": args.labelled, "seed": args.seed, "repeats": args.repeats, "device": device,
                    "noise": args.noise, "text_noise": args.text_noise, "temperature": TEMPERATURE,
                    "strategies": names, "plugins": plugins, "compare_skactiveml": args.compare_skactiveml,

@@ -273,6 +273,24 @@ def test_alfamix_mixing_respects_the_alpha_cap_and_flags_real_label_changes(sear
     assert changed.any() and (flipped == changed).mean() > 0.999
 
 
+@pytest.mark.parametrize("search", ["gradient", "grid"])
+def test_alfamix_anchors_per_point_finds_a_subset_of_the_flips_and_most_of_them(search):
+    """The ImageNet-scale approximation mixes each point only towards its k most probable classes' anchors:
+    every flip it reports is a flip of the full rule (a subset), and it finds most of them."""
+    ctx, _ = _blob_ctx(seed=3, labelled=40, k=20, n=2000, d=32, noise=4.0)  # 18 of 20 classes labelled
+    assert len(np.unique(ctx.labelled_targets)) < 20
+    full, _ = ACQUISITIONS.create("alfamix", alpha_search=search).candidates(ctx)
+    if search == "grid":
+        ctx.predictor = _Opaque(ctx.predictor)
+    near, _ = ACQUISITIONS.create("alfamix", alpha_search=search, anchors_per_point=3).candidates(ctx)
+    recall = (near & full).sum() / full.sum()
+    print(f"{search}: {full.sum()} flips with every anchor, {near.sum()} with 3 per point, recall {recall:.3f}")
+    assert full.sum() > 50 and not (near & ~full).any() and recall >= 0.8
+    picked = ACQUISITIONS.create("alfamix", alpha_search=search, anchors_per_point=3).select(
+        ctx, 30, np.random.default_rng(0))
+    _check_selection(picked, ctx, 30)
+
+
 def test_alfamix_round_one_without_labels_anchors_on_text_features():
     ctx, _ = _blob_ctx(labelled=0)
     strategy = ACQUISITIONS.create("alfamix")

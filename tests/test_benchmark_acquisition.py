@@ -43,3 +43,21 @@ def test_acquisition_scale_tiny_run_compares_with_scikit_activeml(tmp_path):
     assert out["strategies"]["entropy"]["skactiveml"]["jaccard"] == 1.0
     # No target is defined at this size; the flag says so instead of failing.
     assert out["targets"]["checks"] == [] and "no target" in out["targets"]["note"]
+
+
+def test_acquisition_scale_passes_per_strategy_options_and_refuses_bad_ones(tmp_path):
+    base = [sys.executable, str(SCRIPT), "--n", "600", "--dim", "16", "--classes", "5", "--budget", "10",
+            "--labelled", "20", "--data-dir", str(tmp_path / "pools")]
+    options = {"pcb": {"max_candidates": 40, "base_options": {"max_passes": 3}}, "probcover": {"graph_sample": 100}}
+    proc = subprocess.run(base + ["--strategies", "pcb,probcover", "--options", json.dumps(options)],
+                          check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["params"]["options"] == options
+    assert out["strategies"]["probcover"]["ours"]["options"]["graph_sample"] == 100
+    assert all(out["strategies"][name]["ours"]["status"] == "ok" for name in options)
+    for bad, message in (('{"pcb": {"gamma": 5}}', "gamma"), ('{"coreset": {}}', "not in --strategies"),
+                         ("[1]", "must be a JSON object"), ("{pcb", "not valid JSON")):
+        proc = subprocess.run(base + ["--strategies", "pcb", "--options", bad], check=False, capture_output=True,
+                              text=True, cwd=ROOT, timeout=120)
+        assert proc.returncode != 0 and message in proc.stderr, (bad, proc.stderr[-500:])

@@ -163,13 +163,15 @@ class ProbCover(AcquisitionStrategy):
 
     Scale: the exact graph costs O(N^2 d) time and, when delta spans whole
     classes, about N^2 / C edges (1,000 s at N = 100,000 on two cores). With
-    more than ``graph_sample`` (20,000) unlabelled points the graph is built
-    on a seeded uniform sample of that many of them, plus every labelled
-    point: coverage is then a Monte Carlo estimate of the covered fraction of
-    the pool (each sampled point stands for N / graph_sample of it), and
-    candidates are the sampled points. delta still comes from the whole pool.
-    Cost: O(graph_sample^2 d), whatever N. If the sample is covered before the
-    budget is spent, the rest are drawn from the whole unlabelled pool.
+    more than ``graph_sample`` (20,000) unlabelled points, coverage is
+    counted on a seeded uniform sample of that many of them: the graph links
+    every pool point to the sampled points in its ball, so the greedy gain
+    of a candidate is a Monte Carlo estimate of its newly covered mass (each
+    sampled point stands for |U| / graph_sample of the pool); every unlabelled
+    point stays a candidate and every labelled one still covers. delta still
+    comes from the whole pool. Cost: O(N graph_sample d) instead of O(N^2 d).
+    If the sample is covered before the budget is spent, the rest are drawn
+    from the whole unlabelled pool.
     ``graph_sample=None`` always builds the exact graph. With
     ``approximate_above=M``, graphs over more than M points are built with a
     faiss inverted-file index (4 sqrt(M) cells, ``ivf_nprobe`` probed,
@@ -234,8 +236,7 @@ class ProbCover(AcquisitionStrategy):
         self.last_delta = delta
         targets = None
         if self.graph_sample is not None and len(unlabelled) > self.graph_sample:
-            targets = np.concatenate([np.arange(len(labelled)), len(labelled) + np.sort(
-                rng.choice(len(unlabelled), size=self.graph_sample, replace=False))])
+            targets = len(labelled) + np.sort(rng.choice(len(unlabelled), size=self.graph_sample, replace=False))
         indptr, indices, n_targets = self._graph(x, delta, targets, rng)
         picks = rows[greedy_max_coverage(indptr, indices, np.arange(len(labelled)),
                                          np.arange(len(labelled), len(rows)), budget, n_targets)]

@@ -14,6 +14,7 @@ instead of materialising N x C x d floats (terabytes for ImageNet).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -50,15 +51,64 @@ def factorised_sq_dist(a, h, b, q, row_norms=None):
     return (row_norms - 2 * (a @ b) * (h @ q) + (b @ b) * (q @ q)).clamp_min(0)
 
 
+def _pool_tensor(array, device: str, chunk: int = 65536):
+    """All rows of ``array`` as a float32 tensor on ``device``: a zero-copy view of a float32 array on the
+    CPU (memory-mapped or in the object store), else filled chunk by chunk (lazy views, GPUs)."""
+    import torch
+
+    if device == "cpu" and isinstance(array, np.ndarray) and array.dtype == np.float32 and array.ndim == 2:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.as_tensor(array)  # read-only use only
+    return _rows_to_device(lambda r: array[r], np.arange(array.shape[0]), array.shape[1], device, chunk)
+
+
+def _gradient_norms(p, h, chunk: int = 65536):
+    """Per row: ``argmax p``, and ``||a||^2 ||h||^2`` with ``a = p - onehot(argmax p)``, without an N x C temporary."""
+    import torch
+
+    top = torch.empty(len(p), dtype=torch.int64, device=p.device)
+    norms = torch.empty(len(p), dtype=p.dtype, device=p.device)
+    for s in range(0, len(p), chunk):
+        pb, hb = p[s: s + chunk], h[s: s + chunk]
+        peak, top[s: s + chunk] = pb.max(1)
+        norms[s: s + chunk] = ((pb * pb).sum(1) - 2 * peak + 1) * (hb * hb).sum(1)
+    return top, norms
+
+
+def _dist_to_centres(p, h, top, norms, centres, chunk: int = 65536):
+    """Squared gradient-embedding distance of every row to the nearest of ``centres`` (row ids), in row chunks.
+
+    ``a_i . a_j = p_i . a_j - a_j[argmax p_i]`` lets the rows' class factors be
+    read from ``p`` itself, so no N x C copy of ``a`` is ever made.
+    """
+    import torch
+
+    idx = torch.as_tensor(centres, device=p.device)
+    ca = p[idx].clone()
+    ca[torch.arange(len(idx), device=p.device), top[idx]] -= 1.0
+    ch = h[idx]
+    out = torch.empty(len(p), dtype=p.dtype, device=p.device)
+    for s in range(0, len(p), chunk):
+        pb, tb = p[s: s + chunk], top[s: s + chunk]
+        a_dot = pb @ ca.T - ca.T[tb]  # (rows, centres)
+        cross = a_dot * (h[s: s + chunk] @ ch.T)
+        out[s: s + chunk] = (norms[s: s + chunk, None] - 2 * cross + norms[idx][None, :]).clamp_min(0).amin(1)
+    return out
+
+
 def badge_kmeanspp(probs: np.ndarray, embeddings: np.ndarray, candidates: np.ndarray, budget: int,
                    rng: np.random.Generator, device: str | None = None, max_passes: int | None = None) -> np.ndarray:
     """k-means++ seeding over the gradient embeddings of ``candidates``.
 
-    As in the authors' code, the first centre is the point with the largest
-    gradient norm; each next one is drawn with probability proportional to its
-    squared distance to the nearest chosen centre (D^2 sampling, from ``rng``).
+    As in the authors' code, the first centre is the candidate with the
+    largest gradient norm; each next one is drawn with probability
+    proportional to its squared distance to the nearest chosen centre (D^2
+    sampling, from ``rng``). Distances are kept for every pool row, read in
+    place from ``probs`` and ``embeddings`` (no copy of either on the CPU),
+    and only candidates are drawn.
 
-    Every draw needs a pass over all candidates, which is memory-bound: a few
+    Every draw needs a pass over the pool, which is memory-bound: a few
     thousand centres over 10^5+ rows (PCB's candidate sets) take minutes.
     With ``max_passes`` and more than ``max_passes`` draws to make, each pass
     draws ``ceil((budget - 1) / max_passes)`` centres at once from the current
@@ -72,23 +122,18 @@ def badge_kmeanspp(probs: np.ndarray, embeddings: np.ndarray, candidates: np.nda
     candidates = np.asarray(candidates, dtype=np.int64)
     if budget > len(candidates):
         raise ValueError(f"badge: budget {budget} exceeds the {len(candidates)} unlabelled candidates")
-    a = _rows_to_device(lambda r: gradient_factors(probs[r]), candidates, probs.shape[1], device)
-    h = _rows_to_device(lambda r: embeddings[r], candidates, embeddings.shape[1], device)
-    norms = (a * a).sum(1) * (h * h).sum(1)
-    first = int(torch.argmax(norms))
-    picked = [first]
-    dist = factorised_sq_dist(a, h, a[first], h[first], norms)
+    p, h = _pool_tensor(probs, device), _pool_tensor(embeddings, device)
+    top, norms = _gradient_norms(p, h)
+    cand_norms = norms[candidates].cpu().numpy()
+    picked = [int(np.argmax(cand_norms))]  # positions in ``candidates``
+    dist = _dist_to_centres(p, h, top, norms, candidates[picked])
     per_pass = 1 if max_passes is None else max(1, math.ceil((budget - 1) / max_passes))
     while len(picked) < budget:
-        weights = dist.double().cpu().numpy()
+        weights = dist[candidates].double().cpu().numpy()
         weights[picked] = 0.0
-        take = min(per_pass, budget - len(picked))
-        new = _d2_draws(weights, take, picked, rng)
+        new = _d2_draws(weights, min(per_pass, budget - len(picked)), picked, rng)
         picked.extend(new)
-        if take == 1:
-            dist = torch.minimum(dist, factorised_sq_dist(a, h, a[new[0]], h[new[0]], norms))
-        else:
-            dist = torch.minimum(dist, _min_factorised_sq_dist(a, h, norms, new))
+        dist = torch.minimum(dist, _dist_to_centres(p, h, top, norms, candidates[new]))
     return candidates[np.asarray(picked)]
 
 
@@ -105,20 +150,6 @@ def _d2_draws(weights: np.ndarray, take: int, picked: list[int], rng: np.random.
         return positive.tolist() + rng.choice(rest, size=take - len(positive), replace=False).tolist()
     keys = np.log(rng.random(len(positive))) / weights[positive]  # Efraimidis-Spirakis: the largest keys win
     return positive[np.argpartition(keys, -take)[-take:]].tolist()
-
-
-def _min_factorised_sq_dist(a, h, norms, centres: list[int], chunk: int = 65536):
-    """Squared distance of every row to the nearest of ``centres`` (rows of ``a (x) h``), in row chunks."""
-    import torch
-
-    idx = torch.as_tensor(centres, device=a.device)
-    ca, ch = a[idx], h[idx]
-    centre_norms = (ca * ca).sum(1) * (ch * ch).sum(1)
-    out = torch.empty(len(a), dtype=a.dtype, device=a.device)
-    for s in range(0, len(a), chunk):
-        cross = (a[s: s + chunk] @ ca.T) * (h[s: s + chunk] @ ch.T)
-        out[s: s + chunk] = (norms[s: s + chunk, None] - 2 * cross + centre_norms[None, :]).clamp_min(0).amin(1)
-    return out
 
 
 def kmeanspp_potential(probs: np.ndarray, embeddings: np.ndarray, rows: np.ndarray, centres: np.ndarray) -> float:
