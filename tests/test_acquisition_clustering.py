@@ -124,7 +124,8 @@ def test_options_are_validated_with_clear_errors():
     bad = [("typiclust", {"max_clusters": 0}, "max_clusters"), ("typiclust", {"k_nn": 1.5}, "k_nn"),
            ("probcover", {"delta": -1.0}, "delta"), ("probcover", {"alpha": 1.0}, "alpha"),
            ("probcover", {"purity_grid": []}, "purity_grid"), ("dropquery", {"dropout": 1.0}, "dropout"),
-           ("dropquery", {"masks": 0}, "masks"), ("centroid", {"kmeans_iters": -1}, "kmeans_iters")]
+           ("dropquery", {"masks": 0}, "masks"), ("centroid", {"kmeans_iters": -1}, "kmeans_iters"),
+           ("probcover", {"graph_sample": 0}, "graph_sample"), ("dropquery", {"backend": "jax"}, "backend")]
     for name, options, word in bad:
         with pytest.raises(ValueError, match=word):
             ACQUISITIONS.create(name, **options)
@@ -362,6 +363,11 @@ def test_probcover_sampled_graph_covers_nearly_as_much_as_the_exact_graph():
         gaps.append(coverage(exact) - coverage(sampled))
         assert coverage(sampled) > coverage(rand) + 0.1
     assert np.mean(gaps) <= 0.02 and max(gaps) <= 0.04
+    # Too many edges for the sample: it is halved (with a warning) until the graph fits.
+    with pytest.warns(UserWarning, match="halving the coverage sample"):
+        halved = _select("probcover", ctx, 15, seed=0, delta=delta, graph_sample=1200, max_edges=20000)
+    _assert_valid(halved, ctx, 15)
+    assert coverage(halved) > coverage(rand) + 0.1
     # A budget larger than the sample can cover is filled from the whole unlabelled pool, not just the sample.
     x, y, _, labelled = _setup(0, n=800)
     ctx = _ctx(x, y, labelled)

@@ -322,8 +322,8 @@ def test_alfamix_without_weights_searches_a_grid_and_fills_short_candidate_sets(
 
 @pytest.mark.parametrize("options, message", [
     ({"alpha_cap": 0}, "alpha_cap"), ({"alpha_cap": 1.5}, "alpha_cap"), ({"alpha_search": "adam"}, "alpha_search"),
-    ({"alpha_grid": 0}, "alpha_grid"), ({"fill": "typical"}, "fill must be"), ({"feature_space": "pixels"},
-                                                                               "feature_space must be one of"),
+    ({"alpha_grid": 0}, "alpha_grid"), ({"anchors_per_point": 0}, "anchors_per_point"),
+    ({"fill": "typical"}, "fill must be"), ({"feature_space": "pixels"}, "feature_space must be one of"),
 ])
 def test_alfamix_options_are_validated(options, message):
     with pytest.raises(ValueError, match=message):
