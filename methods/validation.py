@@ -1,10 +1,11 @@
 """Checks on what a plug-in is given, so bad input fails with its cause and its fix.
 
 :func:`check_int` validates integer options at construction (so a sweep
-config with a bad value fails before Ray starts). The loop runs :func:`check_selection_inputs` before every ``select`` call;
-benchmarks and tests that call strategies directly run it too. Each message
-names the strategy, what is wrong, and what to do about it. Array checks run
-in chunks, so a million-row pool costs about a second and no extra copy.
+config with a bad value fails before Ray starts). The loop runs
+:func:`check_selection_inputs` before every ``select`` call; benchmarks and
+tests that call strategies directly run it too. Each message names the
+strategy, what is wrong, and what to do about it. Array checks run in
+chunks, so a million-row pool costs about a second and no extra copy.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from methods.base import SelectionContext
-from methods.kernels.badge import factorised_sq_dist, gradient_factors, kmeanspp_potential
+from methods.kernels.badge import (_dist_to_centres, _gradient_norms, factorised_sq_dist, gradient_factors,
+                                   kmeanspp_potential)
 from methods.registry import ACQUISITIONS
 
 
@@ -50,6 +51,11 @@ def test_factorised_badge_distance_equals_the_dense_gradient_embedding():
     want = ((dense - dense[3]) ** 2).sum(1)
     got = factorised_sq_dist(torch.tensor(a), torch.tensor(h), torch.tensor(a[3]), torch.tensor(h[3])).numpy()
     assert np.allclose(got, want, rtol=1e-4, atol=1e-4)
+    # BADGE's in-place form (class factors read from the probabilities, several centres at once, row chunks).
+    p, ht = torch.tensor(probs), torch.tensor(h)
+    top, norms = _gradient_norms(p, ht, chunk=16)
+    nearest = _dist_to_centres(p, ht, top, norms, [3, 17], chunk=16).numpy()
+    assert np.allclose(nearest, np.minimum(want, ((dense - dense[17]) ** 2).sum(1)), rtol=1e-4, atol=1e-4)
 
 
 def _dense_kmeanspp(probs, h, candidates, budget, rng):
@@ -112,6 +118,21 @@ def test_badge_with_several_draws_per_pass_keeps_the_kmeanspp_potential():
     assert batched <= 1.10 * exact and batched < 0.8 * random_mean
     with pytest.raises(ValueError, match="max_passes"):
         ACQUISITIONS.create("badge", max_passes=0)
+
+
+def test_badge_in_the_class_guided_space_equals_badge_on_the_materialised_matrix():
+    """The lazy class-guided view (rows built when indexed) must give BADGE the same inputs as the full matrix."""
+    from methods.feature_space import features_in_space
+
+    x, _ = _clustered(n=400, d=16, seed=4)
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet(np.ones(10), len(x)).astype(np.float32)
+    ctx = _ctx(x, rng.choice(len(x), 20, replace=False), probs)
+    ctx.text_features = rng.normal(size=(10, 16)).astype(np.float32)
+    lazy = ACQUISITIONS.create("badge", feature_space="class_guided").select(ctx, 15, np.random.default_rng(0))
+    ctx.embeddings = features_in_space(ctx, "class_guided")
+    full = ACQUISITIONS.create("badge", feature_space="embedding").select(ctx, 15, np.random.default_rng(0))
+    assert lazy.indices.tolist() == full.indices.tolist()
 
 
 def test_diversity_strategies_run_in_the_round_loop():

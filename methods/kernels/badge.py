@@ -30,16 +30,6 @@ def gradient_factors(probs: np.ndarray) -> np.ndarray:
     return a
 
 
-def _rows_to_device(rows_of, candidates: np.ndarray, width: int, device: str, chunk: int = 65536):
-    """A float32 (len(candidates), width) tensor filled chunk by chunk, so no second host copy exists."""
-    import torch
-
-    out = torch.empty((len(candidates), width), dtype=torch.float32, device=device)
-    for s in range(0, len(candidates), chunk):
-        out[s: s + chunk] = as_tensor(rows_of(candidates[s: s + chunk]), device)
-    return out
-
-
 def factorised_sq_dist(a, h, b, q, row_norms=None):
     """Squared distances between rows ``a (x) h`` and one embedding ``b (x) q`` (torch tensors).
 
@@ -53,14 +43,19 @@ def factorised_sq_dist(a, h, b, q, row_norms=None):
 
 def _pool_tensor(array, device: str, chunk: int = 65536):
     """All rows of ``array`` as a float32 tensor on ``device``: a zero-copy view of a float32 array on the
-    CPU (memory-mapped or in the object store), else filled chunk by chunk (lazy views, GPUs)."""
+    CPU (memory-mapped or in the object store), else filled chunk by chunk so no second host copy exists
+    (lazy views, GPUs)."""
     import torch
 
     if device == "cpu" and isinstance(array, np.ndarray) and array.dtype == np.float32 and array.ndim == 2:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             return torch.as_tensor(array)  # read-only use only
-    return _rows_to_device(lambda r: array[r], np.arange(array.shape[0]), array.shape[1], device, chunk)
+    n = array.shape[0]
+    out = torch.empty((n, array.shape[1]), dtype=torch.float32, device=device)
+    for s in range(0, n, chunk):
+        out[s: s + chunk] = as_tensor(array[np.arange(s, min(n, s + chunk))], device)  # row ids: lazy views too
+    return out
 
 
 def _gradient_norms(p, h, chunk: int = 65536):

@@ -466,25 +466,20 @@ def radius_graph(x: np.ndarray, radius: float, device: str | None = None, backen
             d = torch.addmm(b_norm[None, :], qb, bt.T, alpha=-2)  # ||x_j||^2 - 2 q.x_j; ||q||^2 moves right
             rows_t, nbr_t = torch.nonzero(d < r2 - (qb * qb).sum(1, keepdim=True), as_tuple=True)
             rows, nbr = rows_t.cpu().numpy(), nbr_t.cpu().numpy()
-        if bipartite:
-            nbr = nbr.astype(np.int64)
-            order = np.lexsort((nbr, rows))
-            c = np.bincount(rows, minlength=e - s)
-            counts[s:e] = c
-            total += int(c.sum())
-            if max_edges is not None and total > max_edges:
-                raise TooManyEdges(f"radius graph at radius {radius:.4g} has more than {max_edges} edges")
-            parts.append(nbr[order].astype(np.int32))
-            continue
-        keep = nbr != rows + s
-        rows, nbr = rows[keep], nbr[keep].astype(np.int64)
+        if not bipartite:  # the self-loop goes first below, whatever distance the search gave it
+            keep = nbr != rows + s
+            rows, nbr = rows[keep], nbr[keep]
+        nbr = nbr.astype(np.int64)
         order = np.lexsort((nbr, rows))
         rows, nbr = rows[order], nbr[order]
-        c = np.bincount(rows, minlength=e - s) + 1
+        c = np.bincount(rows, minlength=e - s) + (0 if bipartite else 1)
         counts[s:e] = c
         total += int(c.sum())
         if max_edges is not None and total > max_edges:
             raise TooManyEdges(f"radius graph at radius {radius:.4g} has more than {max_edges} edges")
+        if bipartite:
+            parts.append(nbr.astype(np.int32))
+            continue
         block = np.empty(int(c.sum()), dtype=np.int32)
         starts = np.concatenate([[0], np.cumsum(c)[:-1]])
         block[starts] = np.arange(s, e)
