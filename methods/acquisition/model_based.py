@@ -186,14 +186,15 @@ class Bald(AcquisitionStrategy):
 # -------------------------------------------------------------- ALFA-Mix
 
 
-def alfamix_anchors(ctx: SelectionContext) -> tuple[np.ndarray, str]:
-    """The mixing anchors, in the predictor's input space, and where they came from.
+def alfamix_anchors(ctx: SelectionContext) -> tuple[np.ndarray, str, np.ndarray]:
+    """The mixing anchors, in the predictor's input space; where they came from; and, per class, the index
+    of the anchor standing for it.
 
     With labels: the mean cached feature of each labelled class, plus (as in
     the authors' code, which uses it for every class without labels) the mean
-    of all labelled features when some class has none. With no labels: the
-    class text features (CLIP's joint space; a deviation, so round 1 works
-    under ``cold_start: none``).
+    of all labelled features when some class has none -- the anchor of every
+    unlabelled class. With no labels: the class text features (CLIP's joint
+    space; a deviation, so round 1 works under ``cold_start: none``).
     """
     features = ctx.pool_features
     labelled = np.asarray(ctx.labelled, dtype=np.int64)
@@ -206,7 +207,7 @@ def alfamix_anchors(ctx: SelectionContext) -> tuple[np.ndarray, str]:
                 f"alfamix: with no labelled rows the anchors are the class text features, but they have "
                 f"{text.shape[1]} dims and the pool features {features.shape[1]}; label a few rows first "
                 "(cold_start: random) or use an encoder whose towers share one space")
-        return text, "text"
+        return text, "text", np.arange(ctx.num_classes)
     targets = np.asarray(ctx.labelled_targets, dtype=np.int64)
     x = np.asarray(features[labelled], dtype=np.float64)
     sums = np.zeros((ctx.num_classes, x.shape[1]))
@@ -214,20 +215,11 @@ def alfamix_anchors(ctx: SelectionContext) -> tuple[np.ndarray, str]:
     counts = np.bincount(targets, minlength=ctx.num_classes)
     present = counts > 0
     anchors = sums[present] / counts[present, None]
+    anchor_of = np.full(ctx.num_classes, len(anchors), dtype=np.int64)  # the all-labelled mean, appended below
+    anchor_of[present] = np.arange(len(anchors))
     if not present.all():
         anchors = np.vstack([anchors, x.mean(axis=0, keepdims=True)])
-    return anchors.astype(np.float32), "labelled"
-
-
-def anchor_of_class(ctx: SelectionContext) -> np.ndarray:
-    """Index into :func:`alfamix_anchors` of the anchor standing for each class: the class's own (labelled
-    mean or text feature), else the all-labelled mean (the last anchor)."""
-    if len(ctx.labelled) == 0:
-        return np.arange(ctx.num_classes)
-    present = np.bincount(np.asarray(ctx.labelled_targets, dtype=np.int64), minlength=ctx.num_classes) > 0
-    out = np.full(ctx.num_classes, int(present.sum()), dtype=np.int64)
-    out[present] = np.arange(int(present.sum()))
-    return out
+    return anchors.astype(np.float32), "labelled", anchor_of
 
 
 def _nearest_class_anchors(probs, anchor_of: np.ndarray | None, k: int | None):
@@ -245,7 +237,7 @@ def _mix_block(x, anchors, predictor: Predictor, alpha_cap: float, search: str, 
                per_point: int | None = None):
     """Mix one block of rows with every anchor; return (changed (r, A), margin (r,), alpha (r, A, d) or None).
 
-    With ``per_point=k`` and ``anchor_of`` (see :func:`anchor_of_class`) each
+    With ``per_point=k`` and ``anchor_of`` (see :func:`alfamix_anchors`) each
     row is mixed only with the anchors of its k most probable classes, and
     ``changed`` is (r, k).
 
@@ -390,7 +382,7 @@ class AlfaMix(AcquisitionStrategy):
     def mixing(self, ctx: SelectionContext, rows: np.ndarray | None = None) -> dict:
         """The mixing used, for inspection on small inputs: alpha (n, A, d), changed (n, A), anchors, search."""
         predictor = _require_feature_predictor("alfamix", ctx.predictor)
-        anchors, source = alfamix_anchors(ctx)
+        anchors, source, _ = alfamix_anchors(ctx)
         rows = ctx.unlabelled if rows is None else rows
         x = np.asarray(ctx.pool_features[np.asarray(rows, dtype=np.int64)], dtype=np.float32)
         search = self._search(predictor)
@@ -403,7 +395,7 @@ class AlfaMix(AcquisitionStrategy):
         from orchestrator.encoders import pick_device
 
         predictor = _require_feature_predictor("alfamix", ctx.predictor)
-        anchors, source = alfamix_anchors(ctx)
+        anchors, source, anchor_of = alfamix_anchors(ctx)
         ctx.extras["alfamix_anchors"] = source
         search = self._search(predictor)
         device = pick_device() if search == "gradient" else "cpu"
@@ -411,7 +403,6 @@ class AlfaMix(AcquisitionStrategy):
         d = anchors.shape[1]
         width = len(anchors) if self.anchors_per_point is None else min(len(anchors), self.anchors_per_point)
         step = max(1, (self.working_mb << 20) // (4 * 4 * width * d))  # ~4 live (r, A, d) float blocks
-        anchor_of = anchor_of_class(ctx)
         flips = np.zeros(len(unlabelled), dtype=bool)
         margins = np.empty(len(unlabelled), dtype=np.float64)
         levels = self.levels()
