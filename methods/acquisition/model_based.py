@@ -491,7 +491,8 @@ class PseudoClassBalance(AcquisitionStrategy):
 
     def candidate_count(self, unlabelled: int, budget: int) -> int:
         """gamma of the pool, at least the budget; ``max_candidates`` caps it (the base's cost grows with it:
-        BADGE's k-means++ over gamma * N candidates is O(gamma N^2 (C + d)), 250 s at N = 100,000 here)."""
+        BADGE draws gamma * N centres in up to ``max_passes`` passes over the pool, 37 s at N = 100,000 here
+        and about 5e14 multiply-adds at ImageNet's 1.28 M x (1,000 + 512))."""
         count = max(budget, math.ceil(self.gamma * unlabelled))
         if self.max_candidates is not None:
             count = max(budget, min(count, self.max_candidates))
