@@ -35,7 +35,7 @@ def plain_loop(dataset: str, n: int, batch_size: int, encoder_name: str) -> floa
     import torch
 
     from datasets.registry import open_split
-    from orchestrator.encoders import load_encoder
+    from methods.core.encoders import load_encoder
     from orchestrator.features import _decode_batch, pixel_shape
 
     source = open_split(dataset, "train", sizes={"train": n})

@@ -39,7 +39,7 @@ class _RandomCLIP:
     def __init__(self, name: str, device: str):
         import open_clip
 
-        from orchestrator.encoders import TINY_CLIP_CHECKPOINT, register_model_configs
+        from methods.core.encoders import TINY_CLIP_CHECKPOINT, register_model_configs
 
         register_model_configs()
         pretrained = str(TINY_CLIP_CHECKPOINT) if name == "tiny-clip" else None

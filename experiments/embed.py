@@ -3,6 +3,7 @@
     python experiments/embed.py --dataset synth-shapes --encoder tiny-clip --zeroshot
     python experiments/embed.py --dataset eurosat --encoder ViT-B-16:openai --data-root /data --cache /mnt/cache
     python experiments/embed.py --list
+    python experiments/embed.py --card path/to/my.yaml --dataset my-dataset --data-root /data
 
 The second run of the same command reuses the cache. The last line printed is
 one JSON object (dataset, encoder, split sizes, dimension, reuse, seconds and,
@@ -37,6 +38,8 @@ def parse_source_options(pairs: list[str]) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", help="registered dataset name (see --list)")
+    ap.add_argument("--card", action="append", default=[], metavar="PATH",
+                    help="a dataset card YAML file outside the package (repeatable); loaded before --dataset")
     ap.add_argument("--encoder", default="tiny-clip", help="tiny-clip | MODEL:TAG | MODEL:/path | local-dir:/path")
     ap.add_argument("--split", action="append", help="split(s) to embed (default: all of the card's splits)")
     ap.add_argument("--cache", type=Path, default=None, help="cache root (default: $ALVLM_CACHE_DIR or ./cache)")
@@ -55,11 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _load_user_cards(paths: list[str]) -> None:
+    """Register ``--card`` files first, so --list and --dataset see them; a bad file stops with its reason."""
+    from datasets.registry import load_card_files
+
+    try:
+        load_card_files(paths)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     from datasets.registry import get_card, list_datasets
-    from orchestrator.encoders import known_encoders, parse_encoder
+    from methods.core.encoders import known_encoders, parse_encoder
 
+    _load_user_cards(args.card)
     if args.list:
         listing = {"datasets": list_datasets(), "encoders": known_encoders()}
         print(json.dumps(listing))

@@ -1,6 +1,6 @@
 """Train the shipped tiny CLIP on the synthetic caption corpus.
 
-The checkpoint this writes (``orchestrator/weights/tiny-clip.pt``) is the
+The checkpoint this writes (``methods/core/weights/tiny-clip.pt``) is the
 project's offline default encoder. It is an ordinary open_clip state dict for
 the ``tiny-clip`` model config, so it loads through the exact code path of
 every real checkpoint (``open_clip.create_model_and_transforms(name,
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from datasets.synthetic.family import FAMILY, CorpusMix, corpus_sample  # noqa: E402
 from datasets.synthetic.templates import TEMPLATES  # noqa: E402
-from orchestrator.encoders import TINY_CLIP_CHECKPOINT, TINY_CLIP_MODEL, register_model_configs  # noqa: E402
+from methods.core.encoders import TINY_CLIP_CHECKPOINT, TINY_CLIP_MODEL, register_model_configs  # noqa: E402
 
 
 def _render_chunk(args: tuple[int, int, int]) -> tuple[np.ndarray, list[str]]:

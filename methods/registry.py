@@ -12,12 +12,15 @@ import difflib
 import inspect
 from typing import Callable, Generic, TypeVar
 
+from .base import LEARNER_INPUTS, STRATEGY_INPUTS, check_declared
+
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, inputs: frozenset[str] | None = None):
         self.kind = kind
+        self.inputs = inputs  # the inputs its plug-ins may declare in `requires` (None: not checked)
         self._items: dict[str, type[T]] = {}
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
@@ -60,11 +63,14 @@ class Registry(Generic[T]):
             hints = {u: difflib.get_close_matches(u, accepted, n=1) for u in unknown}
             said = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for u, h in hints.items())
             raise ValueError(f"{self.kind} {name!r} got unknown option(s) {said}; accepted: {accepted or 'none'}")
-        return cls(**options)
+        plugin = cls(**options)
+        if self.inputs is not None:
+            check_declared(f"{self.kind} {name!r}", plugin.requires, self.inputs)
+        return plugin
 
 
-ACQUISITIONS: Registry = Registry("acquisition strategy")
-ADAPTATIONS: Registry = Registry("adaptation learner")
+ACQUISITIONS: Registry = Registry("acquisition strategy", STRATEGY_INPUTS)
+ADAPTATIONS: Registry = Registry("adaptation learner", LEARNER_INPUTS)
 
 
 def register_acquisition(name: str):
@@ -83,7 +89,7 @@ def _load_builtin_plugins() -> None:
     global _LOADED
     if not _LOADED:
         _LOADED = True
-        from . import acquisition, adaptation  # noqa: F401
+        from . import acquisition, adaptation, preparation  # noqa: F401
 
 
 def load_plugins(modules: tuple[str, ...] | list[str]) -> None:
@@ -100,7 +106,7 @@ def load_plugins(modules: tuple[str, ...] | list[str]) -> None:
     for module in modules:
         if module.endswith(".py"):
             path = Path(module).expanduser().resolve()
-            name = f"alvlm_plugin_{path.stem}_{abs(hash(str(path))) & 0xFFFFFF:x}"
+            name = plugin_module_name(path)
             if name in sys.modules:
                 continue
             if not path.is_file():
@@ -111,6 +117,22 @@ def load_plugins(modules: tuple[str, ...] | list[str]) -> None:
             spec.loader.exec_module(mod)
         else:
             importlib.import_module(module)
+
+
+def plugin_module_name(path) -> str:
+    """The module name a plug-in file is imported under: the same in every process.
+
+    A digest of the resolved path, not Python's ``hash()`` (salted per
+    process): Ray workers and a resumed driver must give the file the name
+    its pickled predictors and round checkpoints (``module:qualname``) refer to.
+    """
+    import hashlib
+    import re
+    from pathlib import Path
+
+    path = Path(path).expanduser().resolve()
+    stem = re.sub(r"\W", "_", path.stem)
+    return f"alvlm_plugin_{stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
 
 
 def with_defaults(**defaults):

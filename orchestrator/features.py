@@ -32,7 +32,7 @@ from typing import Literal
 
 import numpy as np
 
-from .encoders import EncoderSpec, build_preprocess, parse_encoder
+from methods.core.encoders import EncoderSpec, build_preprocess, parse_encoder
 
 DEFAULT_CACHE = Path(os.environ.get("ALVLM_CACHE_DIR", "cache")).expanduser()
 MANIFEST_VERSION = 1
@@ -220,7 +220,7 @@ class EmbedActor:
     def __init__(self, spec: EncoderSpec, device: str | None = None, threads: int | None = None):
         import torch
 
-        from .encoders import FrozenEncoder
+        from methods.core.encoders import FrozenEncoder
 
         if threads:  # CPU actors: Ray pins one thread per requested CPU; the encoder may use the node's cores
             torch.set_num_threads(threads)
@@ -243,7 +243,7 @@ class EmbedActor:
 
 
 def _embed_texts_task(spec: EncoderSpec, texts: list[str]) -> np.ndarray:
-    from .encoders import FrozenEncoder
+    from methods.core.encoders import FrozenEncoder
 
     return FrozenEncoder(spec).encode_texts(texts).numpy()
 

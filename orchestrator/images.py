@@ -4,7 +4,8 @@ Everything else in a trial works on cached features; visual prompt learners
 (VPT, MaPLe) must push pixels through the encoder again, and pay for it
 knowingly. :class:`DatasetImages` is what they get: a small picklable
 description of the trial's pool and test split (dataset, splits, source
-options, the cache's row -> source-index map, the encoder) that opens the
+options, the cache's row -> source-index map, the encoder, the user card
+files the dataset may come from) that opens the
 sources and builds the encoder's transform lazily in whichever Ray worker
 uses it. Rows are cache rows, so images the embedder skipped as corrupt
 stay skipped here too.
@@ -26,6 +27,7 @@ class DatasetImages(ImageAccess):
     source_indices: dict[str, np.ndarray]  # "pool"/"test" -> source index of each cache row
     encoder: str = "tiny-clip"
     source_options: dict = field(default_factory=dict)
+    card_files: tuple[str, ...] = ()  # absolute paths of user card files the dataset may come from
     _opened: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __getstate__(self):
@@ -43,12 +45,13 @@ class DatasetImages(ImageAccess):
 
     def _source_and_transform(self, split: str):
         if split not in self._opened:
-            from datasets.registry import open_split
+            from datasets.registry import load_card_files, open_split
 
-            from .encoders import build_preprocess, parse_encoder
+            from methods.core.encoders import build_preprocess, parse_encoder
             from .features import pixel_shape
 
             transform = build_preprocess(parse_encoder(self.encoder))
+            load_card_files(self.card_files)  # a Ray worker starts with only the built-in cards registered
             source = open_split(self.dataset, self.splits[split], **self.source_options)
             self._opened[split] = (source, transform, pixel_shape(transform))
         return self._opened[split]

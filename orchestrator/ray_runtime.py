@@ -17,6 +17,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
     import ray
     from ray.data import DataContext
 
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # workers inherit it: nothing reaches for a model hub
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: CLIP's learned logit scale is ~100; CEC and most AL papers use T = 0.01.
-DEFAULT_TEMPERATURE = 0.01
+from methods.core.predictors import DEFAULT_TEMPERATURE
 
 
 def class_embeddings(text: np.ndarray) -> np.ndarray:

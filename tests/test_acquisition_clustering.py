@@ -21,8 +21,8 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
 import methods.acquisition.clustering  # noqa: F401  (registers the strategies)
-from methods.adaptation.zeroshot import LinearPredictor
-from methods.base import SelectionContext
+from methods.core.predictors import LinearPredictor
+from methods.base import Predictor, SelectionContext
 from methods.kernels.clustering import kmeans, knn, min_dist_to_other_cluster
 from methods.registry import ACQUISITIONS
 from methods.validation import check_selection_inputs
@@ -310,9 +310,16 @@ def test_dropquery_torch_backend_sees_the_same_dropout_as_the_numpy_one():
     _assert_valid(picked, ctx, 20)
     assert np.array_equal(picked, _select("dropquery", ctx, 20, seed=3, backend="torch"))
 
-    class Opaque:
+    class Opaque(Predictor):  # answers predict_proba only: no linear head to hand to the device
         def predict_proba(self, features):
             return pred.predict_proba(features)
+
+        def state(self):
+            return {}
+
+        @classmethod
+        def from_state(cls, state):
+            return cls()
 
     ctx.predictor = Opaque()
     with pytest.raises(ValueError, match="linear head"):

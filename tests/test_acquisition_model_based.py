@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import methods.acquisition.model_based as mb
-from methods.adaptation.zeroshot import LinearPredictor, softmax
+from methods.core.predictors import LinearPredictor, softmax
 from methods.base import ImagePredictor, Predictor, SelectionContext
 from methods.registry import ACQUISITIONS
 from methods.validation import AcquisitionInputError, check_selection_inputs
@@ -305,7 +305,7 @@ def test_alfamix_without_weights_searches_a_grid_and_fills_short_candidate_sets(
     ctx.predictor = _Opaque(ctx.predictor)
     assert ACQUISITIONS.create("alfamix").mixing(ctx)["search"] == "grid"
     _check_selection(ACQUISITIONS.create("alfamix").select(ctx, 20, np.random.default_rng(0)), ctx, 20)
-    with pytest.raises(AcquisitionInputError, match="alpha_search='gradient' needs a LinearPredictor"):
+    with pytest.raises(AcquisitionInputError, match="alpha_search='gradient' needs a predictor with a linear head"):
         ACQUISITIONS.create("alfamix", alpha_search="gradient").select(ctx, 20, np.random.default_rng(0))
     # A tiny cap leaves fewer candidates than the budget: all are taken, the rest filled.
     tiny = ACQUISITIONS.create("alfamix", alpha_cap=1e-3, fill="margin")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.encoders import (TINY_CLIP_CHECKPOINT, EncoderUnavailableError, FrozenEncoder, build_preprocess,
+from methods.core.encoders import (TINY_CLIP_CHECKPOINT, EncoderUnavailableError, FrozenEncoder, build_preprocess,
                                    load_encoder, parse_encoder)
 from tests.conftest import ROOT
 
@@ -49,7 +49,7 @@ def test_local_checkpoint_path_and_local_dir_give_identical_embeddings(tmp_path)
     folder = tmp_path / "air-gapped-model"
     folder.mkdir()
     shutil.copy(TINY_CLIP_CHECKPOINT, folder / "open_clip_pytorch_model.bin")
-    model_cfg = json.loads((ROOT / "orchestrator/model_configs/tiny-clip.json").read_text())
+    model_cfg = json.loads((ROOT / "methods/core/model_configs/tiny-clip.json").read_text())
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
     by_dir = load_encoder(f"local-dir:{folder}")
     assert torch.allclose(by_dir.encode_images(pixels), ref, atol=1e-6)

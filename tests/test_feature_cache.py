@@ -9,7 +9,7 @@ from PIL import Image
 
 from datasets.card import DatasetCard, SourceSpec
 from datasets.registry import open_split, register_card
-from orchestrator.encoders import load_encoder, parse_encoder
+from methods.core.encoders import load_encoder, parse_encoder
 from orchestrator.features import (CacheNotWritableError, CorruptImagesError, EmbedOptions, embed_class_texts,
                                    embed_split, embed_splits, split_cache, verify)
 

@@ -427,16 +427,16 @@ class DropQuery(AcquisitionStrategy):
         """How many of the ``masks`` dropout predictions of each row differ from its clean prediction."""
         if ctx.predictor is None or ctx.pool_features is None:
             raise ValueError("dropquery: needs the predictor and the pool features (declare them in `requires`)")
-        from ..adaptation.zeroshot import LinearPredictor
-        from orchestrator.encoders import pick_device
+        from ..core.devices import pick_device
 
         device = pick_device()
         backend = self.backend or ("torch" if device.startswith("cuda") else "numpy")
         if backend == "torch":
-            if not isinstance(ctx.predictor, LinearPredictor):
-                raise ValueError(f"dropquery: backend 'torch' needs a linear head (LinearPredictor), got "
+            head = ctx.predictor.linear_head()
+            if head is None:
+                raise ValueError(f"dropquery: backend 'torch' needs a predictor with a linear head, got "
                                  f"{type(ctx.predictor).__name__}; use backend: numpy")
-            return self._mismatches_torch(ctx.pool_features, ctx.predictor, rows, rng, device)
+            return self._mismatches_torch(ctx.pool_features, head, rows, rng, device)
         out = np.zeros(len(rows), dtype=np.int64)
         keep = 1.0 - self.dropout
         for s in range(0, len(rows), self.chunk):

@@ -17,8 +17,8 @@ import math
 
 import numpy as np
 
-from ..base import (POOL_FEATURES, PREDICTOR, PROBS, TEXT_FEATURES, AcquisitionStrategy, AdaptContext,
-                    ImagePredictor, Predictor, Selection, SelectionContext, TrainSet)
+from ..base import (POOL_FEATURES, PREDICTOR, PROBS, TEXT_FEATURES, AcquisitionStrategy, AdaptContext, Predictor,
+                    Selection, SelectionContext, TrainSet)
 from ..feature_space import features_in_space, space_inputs
 from ..kernels import kmeans
 from ..kernels.clustering import nearest_members
@@ -43,7 +43,7 @@ def _require_feature_predictor(strategy: str, predictor: Predictor | None) -> Pr
     if predictor is None:
         raise AcquisitionInputError(f"{strategy}: no predictor in the selection context; "
                                     f"the loop passes it only to strategies whose `requires` has {PREDICTOR!r}")
-    if isinstance(predictor, ImagePredictor):
+    if predictor.on_pixels:
         raise AcquisitionInputError(
             f"{strategy}: the current learner ({type(predictor).__name__}) adapts the image path and cannot score "
             "perturbed cached features; pair this strategy with a feature-path learner (zeroshot, linear_probe)")
@@ -251,18 +251,16 @@ def _mix_block(x, anchors, predictor: Predictor, alpha_cap: float, search: str, 
     """
     import torch
 
-    from ..adaptation.zeroshot import LinearPredictor
-
     r, d = x.shape
     a = torch.as_tensor(anchors, device=device)
-    if search == "gradient":
-        assert isinstance(predictor, LinearPredictor)
-        w = torch.as_tensor(np.asarray(predictor.weight, dtype=np.float32), device=device)
-        b = torch.as_tensor(np.asarray(predictor.bias, dtype=np.float32), device=device)
+    head = predictor.linear_head() if search == "gradient" else None
+    if head is not None:
+        w = torch.as_tensor(head.weight, device=device)
+        b = torch.as_tensor(head.bias, device=device)
         xt = torch.as_tensor(x, device=device)
         logits = xt @ w.T + b
         pred = logits.argmax(1)
-        probs = torch.softmax(logits / predictor.temperature, dim=1)
+        probs = torch.softmax(logits / head.temperature, dim=1)
         top2 = probs.topk(min(2, probs.shape[1]), dim=1).values
         margin = (top2[:, 0] - top2[:, -1]).cpu().numpy()
         chosen = _nearest_class_anchors(probs, anchor_of, per_point)
@@ -367,13 +365,11 @@ class AlfaMix(AcquisitionStrategy):
         self.requires = frozenset({PREDICTOR, POOL_FEATURES, TEXT_FEATURES}) | space_inputs("alfamix", feature_space)
 
     def _search(self, predictor: Predictor) -> str:
-        from ..adaptation.zeroshot import LinearPredictor
-
-        linear = isinstance(predictor, LinearPredictor)
+        linear = predictor.linear_head() is not None
         if self.alpha_search == "gradient" and not linear:
             raise AcquisitionInputError(
-                f"alfamix: alpha_search='gradient' needs a LinearPredictor (analytic input gradient), got "
-                f"{type(predictor).__name__}; use alpha_search='grid' or 'auto'")
+                f"alfamix: alpha_search='gradient' needs a predictor with a linear head (analytic input gradient), "
+                f"got {type(predictor).__name__}; use alpha_search='grid' or 'auto'")
         return "gradient" if (self.alpha_search == "auto" and linear) or self.alpha_search == "gradient" else "grid"
 
     def levels(self) -> np.ndarray:
@@ -392,7 +388,7 @@ class AlfaMix(AcquisitionStrategy):
 
     def candidates(self, ctx: SelectionContext) -> tuple[np.ndarray, np.ndarray]:
         """Whether each unlabelled row's label flips for some anchor, and its top-2 margin (both in row order)."""
-        from orchestrator.encoders import pick_device
+        from ..core.devices import pick_device
 
         predictor = _require_feature_predictor("alfamix", ctx.predictor)
         anchors, source, anchor_of = alfamix_anchors(ctx)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..base import TEXT_FEATURES, AdaptContext, Learner, Predictor, TrainSet
 from ..registry import register_adaptation
-from .zeroshot import LinearPredictor
+from ..core.predictors import LinearPredictor
 
 
 @register_adaptation("linear_probe")

@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from orchestrator.encoders import pick_device
+from methods.core.devices import pick_device
 
 from ._torch import as_tensor
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.encoders import pick_device
+from methods.core.devices import pick_device
 
 from ._torch import as_tensor, rows_per_chunk
 

@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from orchestrator.encoders import pick_device
-
-from ...base import TEXT_FEATURES, AdaptContext, Learner, Predictor, TrainSet
+from ...base import DESCRIPTIONS, TEXT_FEATURES, AdaptContext, Learner, Predictor, TrainSet
+from ...core.devices import pick_device
+from ...core.predictors import LinearPredictor, softmax
 from ...registry import register_adaptation, with_defaults
-from ..zeroshot import LinearPredictor, softmax
 from .model import frozen_clip, logit_scale
 from .recipes import resolve_recipe, train
 from .text import POSITIONS, PromptedTextEncoder, build_layout
@@ -109,6 +108,8 @@ class _TextPromptLearner(Learner):
         self.prompt = PromptSettings(int(n_ctx), ctx_init, class_position, descriptions, float(init_std),
                                      int(class_chunk))
         self.prompt.validate(self.name)
+        if descriptions == "ensemble":
+            self.requires = self.requires | {DESCRIPTIONS}
         self.recipe = resolve_recipe(self.name, recipe, {"epochs": epochs, "lr": lr, "batch_size": batch_size,
                                                          "weight_decay": weight_decay})
         if temperature is not None and temperature <= 0:
@@ -255,6 +256,14 @@ class CoCoOpPredictor(Predictor):
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         return softmax(self.logits(features))
+
+    def class_embeddings(self) -> np.ndarray:
+        """The class features of the shared context alone (the Meta-Net's image-dependent shift left out)."""
+        import torch
+
+        text, _, context, _ = self._model()
+        with torch.inference_mode():
+            return text.per_image_class_features(context[None])[0].float().cpu().numpy()
 
     def state(self) -> dict[str, np.ndarray]:
         return {"context": self.context, "settings": np.asarray(json.dumps(self.settings)),

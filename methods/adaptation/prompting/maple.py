@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from orchestrator.encoders import pick_device
-
-from ...base import IMAGES, TEXT_FEATURES, AdaptContext, Learner, TrainSet
+from ...base import IMAGE_PREDICTOR_PROVIDES, IMAGES, TEXT_FEATURES, AdaptContext, Learner, TrainSet
+from ...core.devices import pick_device
 from ...registry import register_adaptation
 from ...validation import check_int
 from . import recipes
@@ -41,6 +40,7 @@ class MaPLe(Learner):
     """Multi-modal prompt learning: text context + compound prompts coupled into the image tower."""
 
     requires = frozenset({TEXT_FEATURES, IMAGES})
+    provides = IMAGE_PREDICTOR_PROVIDES
     num_gpus = 1.0
 
     def __init__(self, depth: int = 9, ctx_init: str | None = "a photo of a", n_ctx: int = 2, init_std: float = 0.02,

@@ -13,7 +13,7 @@ from functools import lru_cache
 @lru_cache(maxsize=4)
 def frozen_clip(encoder: str, precision: str = "fp32", device: str = "cpu"):
     """A :class:`orchestrator.encoders.FrozenEncoder` whose weights never receive gradients."""
-    from orchestrator.encoders import FrozenEncoder, parse_encoder
+    from methods.core.encoders import FrozenEncoder, parse_encoder
 
     return FrozenEncoder(parse_encoder(encoder, precision), device)
 

@@ -61,9 +61,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from orchestrator.encoders import pick_device
 
-from ...base import IMAGES, TEXT_FEATURES, AdaptContext, ImageAccess, ImagePredictor, Learner, TrainSet
+from ...base import (IMAGE_PREDICTOR_PROVIDES, IMAGES, TEXT_FEATURES, AdaptContext, ImageAccess, ImagePredictor,
+                     Learner, TrainSet)
+from ...core.devices import pick_device
+from ...core.predictors import unit_rows
 from ...registry import register_adaptation
 from ...validation import check_int
 from . import recipes
@@ -189,6 +191,10 @@ class VPTPredictor(ImagePredictor):
         return cls(np.asarray(state["prompts"], dtype=np.float32), np.asarray(state["text"], dtype=np.float32),
                    float(state["scale"]), str(state["variant"]), str(state["encoder"]), str(state["precision"]))
 
+    def class_embeddings(self) -> np.ndarray:
+        """The classifier rows: the text embeddings, or VPT's learned head, or MaPLe's prompted classes."""
+        return unit_rows(self.text)
+
     @property
     def num_tokens(self) -> int:
         return int(self.prompts.shape[1]) if self.prompts.shape[0] else 0
@@ -236,6 +242,7 @@ class VPT(Learner):
     """Visual prompt tuning (shallow or deep) against the fixed class text embeddings."""
 
     requires = frozenset({TEXT_FEATURES, IMAGES})
+    provides = IMAGE_PREDICTOR_PROVIDES
     num_gpus = 1.0
 
     def __init__(self, variant: str = "shallow", tokens: int = 8, init: str = "token-mean", init_std: float = 0.02,

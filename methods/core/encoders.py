@@ -2,7 +2,7 @@
 
 An encoder is named by one string:
 
-* ``tiny-clip`` -- the shipped offline default (``orchestrator/weights``);
+* ``tiny-clip`` -- the shipped offline default (``methods/core/weights``);
 * ``MODEL:TAG`` -- an open_clip architecture and pretrained tag, e.g.
   ``ViT-B-16:openai``; the weights must already be in the local
   Hugging Face / open_clip cache, because nothing is downloaded at run time;
@@ -23,8 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-# Offline by design: a missing file must fail at once, never try the network.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from .devices import pick_device
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
@@ -37,6 +36,17 @@ Precision = Literal["fp32", "fp16", "bf16"]
 
 class EncoderUnavailableError(RuntimeError):
     """The requested weights are not on this machine; the message says how to provide them."""
+
+
+def offline_hub() -> None:
+    """Offline by design: a missing file must fail at once, never try the network.
+
+    Called by the functions that resolve or load weights, not at import, so
+    importing this module changes no environment variable. The entry points
+    (``experiments/*.py``) and Ray workers (``orchestrator.ray_runtime``) set
+    the variable too, before Hugging Face libraries read it.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def register_model_configs() -> None:
@@ -92,6 +102,7 @@ def parse_encoder(name: str, precision: Precision = "fp32", cache_dir: str | Non
     """Resolve an encoder name to local files, failing at once if they are absent."""
     if precision not in ("fp32", "fp16", "bf16"):
         raise ValueError(f"precision must be one of fp32, fp16, bf16; got {precision!r}")
+    offline_hub()
     register_model_configs()
     if name == TINY_CLIP_MODEL:
         if not TINY_CLIP_CHECKPOINT.is_file():
@@ -162,15 +173,6 @@ def _resolve_tag(name: str, model: str, tag: str, precision: Precision, cache_di
     return EncoderSpec(name, model, found, tag=tag, preprocess_overrides=overrides, precision=precision)
 
 
-def pick_device(device: str | None = None) -> str:
-    """The requested device, else CUDA when present, else CPU."""
-    import torch
-
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class FrozenEncoder:
     """An open_clip model in eval mode with gradients off: the unit the feature cache runs."""
 
@@ -178,6 +180,7 @@ class FrozenEncoder:
         import open_clip
         import torch
 
+        offline_hub()
         register_model_configs()  # also in Ray workers, which start with a fresh open_clip registry
         self.spec = spec
         self.device = pick_device(device)
