@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
     store = outcome.tracking_uri
     console.print(f"\nMLflow UI:  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000")
     print(json.dumps(summary))
+    if outcome.failed:
+        console.print(f"[red]{len(outcome.failed)} trial(s) failed; their errors are in MLflow "
+                      "(tag alvlm.error) and in the Ray results folder[/red]")
+        raise SystemExit(1)
     return summary
 
 

@@ -3,9 +3,14 @@
 Every such strategy takes ``feature_space``:
 
 * ``image`` -- the cached image features I(x);
-* ``class_guided`` -- [I(x), sum_c p(c|x) T_c], the image feature concatenated
-  with the probability-weighted class text embedding (CB+SQ paper, Table 11):
+* ``class_guided`` -- [I(x), sum_c p(c|x; t_{r-1}) T_c], the image feature
+  concatenated with the probability-weighted class embedding *of the current
+  predictor* (CB+SQ eq. 6-7: the previous round's learned prompts; the
+  template ensemble for zero-shot, the unit weight rows for a linear probe):
   points the current model confuses land between the classes they mix;
+* ``class_guided_text`` -- the same with the fixed template-ensemble text
+  embeddings for T_c (what ``class_guided`` meant before the predictor's
+  class embeddings reached strategies);
 * ``embedding`` (alias ``penultimate``) -- the current learner's penultimate
   embedding (for heads on frozen features, the features themselves).
 
@@ -17,14 +22,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import EMBEDDINGS, POOL_FEATURES, PROBS, TEXT_FEATURES, SelectionContext
+from .base import CLASS_EMBEDDINGS, EMBEDDINGS, POOL_FEATURES, PROBS, TEXT_FEATURES, SelectionContext
 
 SPACE_INPUTS: dict[str, frozenset[str]] = {
     "image": frozenset({POOL_FEATURES}),
-    "class_guided": frozenset({POOL_FEATURES, PROBS, TEXT_FEATURES}),
+    "class_guided": frozenset({POOL_FEATURES, PROBS, CLASS_EMBEDDINGS}),
+    "class_guided_text": frozenset({POOL_FEATURES, PROBS, TEXT_FEATURES}),
     "embedding": frozenset({EMBEDDINGS}),
     "penultimate": frozenset({EMBEDDINGS}),
 }
+CLASS_GUIDED = ("class_guided", "class_guided_text")
 
 
 def space_inputs(strategy: str, feature_space: str) -> frozenset[str]:
@@ -47,9 +54,9 @@ def features_in_space(ctx: SelectionContext, feature_space: str, rows: np.ndarra
         raise ValueError(f"feature space {feature_space!r} needs inputs the strategy did not declare "
                          f"({sorted(SPACE_INPUTS[feature_space])}); add them to its `requires`")
     rows = np.arange(len(source)) if rows is None else np.asarray(rows, dtype=np.int64)
-    if feature_space != "class_guided":
+    if feature_space not in CLASS_GUIDED:
         return np.asarray(source[rows], dtype=np.float32)
-    text = np.asarray(ctx.text_features, dtype=np.float32)
+    text = _class_vectors(ctx, feature_space)
     out = np.empty((len(rows), source.shape[1] + text.shape[1]), dtype=np.float32)
     for s in range(0, len(rows), chunk):
         r = rows[s: s + chunk]
@@ -58,21 +65,31 @@ def features_in_space(ctx: SelectionContext, feature_space: str, rows: np.ndarra
     return out
 
 
-class _ClassGuidedView:
-    """Row-indexable stand-in for the class-guided matrix; rows are built when indexed."""
+def _class_vectors(ctx: SelectionContext, feature_space: str) -> np.ndarray:
+    """T_c of a class-guided space: the predictor's class embeddings, or the fixed text ones."""
+    vectors = ctx.class_embeddings if feature_space == "class_guided" else ctx.text_features
+    if vectors is None:
+        raise ValueError(f"feature space {feature_space!r} needs {sorted(SPACE_INPUTS[feature_space])}; "
+                         "add them to the strategy's `requires`")
+    return np.asarray(vectors, dtype=np.float32)
 
-    def __init__(self, ctx: SelectionContext):
-        self.ctx = ctx
-        self.shape = (len(ctx.pool_features), ctx.pool_features.shape[1] + np.shape(ctx.text_features)[1])
+
+class _ClassGuidedView:
+    """Row-indexable stand-in for a class-guided matrix; rows are built when indexed."""
+
+    def __init__(self, ctx: SelectionContext, feature_space: str):
+        self.ctx, self.feature_space = ctx, feature_space
+        self.shape = (len(ctx.pool_features), ctx.pool_features.shape[1] + _class_vectors(ctx, feature_space).shape[1])
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, rows) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
-        return features_in_space(self.ctx, "class_guided", rows.reshape(-1)).reshape(*rows.shape, self.shape[1])
+        flat = features_in_space(self.ctx, self.feature_space, rows.reshape(-1))
+        return flat.reshape(*rows.shape, self.shape[1])
 
 
 def feature_view(ctx: SelectionContext, feature_space: str):
     """Something kernels can index by pool rows: the cached array itself, or a lazy class-guided view."""
-    return _ClassGuidedView(ctx) if feature_space == "class_guided" else _source(ctx, feature_space)
+    return _ClassGuidedView(ctx, feature_space) if feature_space in CLASS_GUIDED else _source(ctx, feature_space)

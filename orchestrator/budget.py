@@ -16,6 +16,8 @@ from typing import Annotated, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from methods.base import MINED, ORACLE, SELECTIVE, SOURCES
+
 
 class BudgetError(ValueError):
     """A budget that cannot be spent on this pool; the message says what to change."""
@@ -116,49 +118,125 @@ class Cumulative(_Schedule):
 BudgetSchedule = Annotated[Union[PerRound, PoolFraction, PerClass, Shots, Cumulative], Field(discriminator="kind")]
 
 
+Target = int | tuple[int, ...]  # a class id, or a 0/1 label vector of a multi-label task
+
+
+def as_target(label) -> Target:
+    """A label as the ledger stores it: an int, or a tuple of 0/1 ints for a multi-label row."""
+    array = np.asarray(label)
+    if array.ndim == 0:
+        return int(array)
+    if array.ndim == 1 and np.isin(array, (0, 1)).all():
+        return tuple(int(v) for v in array)
+    raise ValueError(f"a label must be a class id or a 0/1 label vector, got {label!r}")
+
+
 @dataclass
 class BudgetLedger:
-    """Every label is either queried (costs budget) or pseudo (free, flagged).
+    """The single truth of every label and cost in a run.
 
-    ``order`` keeps labelled rows in the order they were added, which makes a
-    round's training set, and so its result, independent of dict ordering.
+    Each labelled row has a target (a class id or a 0/1 vector) and a source:
+    ``oracle`` (queried: costs budget), ``selective`` (permanent free pseudo
+    label), ``bootstrap``, or ``mined``. *Transient* rows (``transient``) are
+    free labels that the next selection replaces wholesale and that may
+    still be queried; the others are permanent. ``costs`` counts what a run
+    spent besides labels (black-box queries, anything a method reports).
+    ``order`` keeps rows in the order they were added, which makes a round's
+    training set, and so its result, independent of dict ordering.
     """
 
     order: list[int] = field(default_factory=list)
-    targets: dict[int, int] = field(default_factory=dict)
-    pseudo: set[int] = field(default_factory=set)
+    targets: dict[int, Target] = field(default_factory=dict)
+    sources: dict[int, str] = field(default_factory=dict)
+    transient: set[int] = field(default_factory=set)
     spent: int = 0
+    costs: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def pseudo(self) -> set[int]:
+        return {r for r, s in self.sources.items() if s != ORACLE}
+
+    def _add(self, row: int, label, source: str) -> None:
+        if row in self.targets:
+            raise ValueError(f"row {row} is already labelled ({self.sources[row]})")
+        self.order.append(row)
+        self.targets[row] = as_target(label)
+        self.sources[row] = source
+
+    def _drop(self, rows) -> None:
+        rows = set(rows)
+        self.order = [r for r in self.order if r not in rows]
+        for r in rows:
+            del self.targets[r], self.sources[r]
+        self.transient -= rows
 
     def query(self, rows: np.ndarray, oracle_labels: np.ndarray) -> None:
-        for r, y in zip(rows.tolist(), oracle_labels.tolist()):
-            if r in self.targets:
-                raise ValueError(f"row {r} is already labelled")
-            self.order.append(r)
-            self.targets[r] = int(y)
+        """Oracle labels for ``rows``; a row holding a transient pseudo label gets its true label instead."""
+        rows = [int(r) for r in np.asarray(rows).tolist()]
+        self._drop(r for r in rows if r in self.transient)
+        for r, y in zip(rows, oracle_labels):
+            self._add(r, y, ORACLE)
         self.spent += len(rows)
 
-    def add_pseudo(self, labels: dict[int, int]) -> None:
+    def add_pseudo(self, labels: dict, source: str = SELECTIVE) -> None:
+        """Permanent free labels (selective querying, a bootstrap): never queried, never replaced."""
+        self._drop(r for r in map(int, labels) if r in self.transient)
         for r, y in labels.items():
-            if r in self.targets:
-                raise ValueError(f"row {r} is already labelled")
-            self.order.append(int(r))
-            self.targets[int(r)] = int(y)
-            self.pseudo.add(int(r))
+            self._add(int(r), y, source)
+
+    def replace_transient(self, labels: dict, source: str = MINED) -> None:
+        """Drop every transient label in force and put ``labels`` in their place."""
+        self._drop(list(self.transient))
+        for r, y in labels.items():
+            self._add(int(r), y, source)
+            self.transient.add(int(r))
+
+    def add_cost(self, name: str, amount: float) -> None:
+        if amount:
+            self.costs[name] = self.costs.get(name, 0.0) + float(amount)
 
     def labelled(self) -> np.ndarray:
+        """Every labelled row, transient ones included (what learners train on)."""
         return np.asarray(self.order, dtype=np.int64)
 
+    def permanent(self) -> np.ndarray:
+        """Rows labelled for good: strategies may not pick them again."""
+        return np.asarray([r for r in self.order if r not in self.transient], dtype=np.int64)
+
+    def targets_of(self, rows) -> np.ndarray:
+        """Targets as an array: (n,) class ids, or (n, C) 0/1 for multi-label rows."""
+        values = [self.targets[int(r)] for r in rows]
+        return np.asarray(values, np.int64) if values else np.zeros(0, np.int64)
+
+    def sources_of(self, rows) -> np.ndarray:
+        return np.asarray([self.sources[int(r)] for r in rows], dtype=str)
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, targets, is_pseudo) of every labelled row, in the order they were added."""
         rows = self.labelled()
-        return rows, np.asarray([self.targets[r] for r in self.order], np.int64), \
-            np.asarray([r in self.pseudo for r in self.order], bool)
+        return rows, self.targets_of(rows), np.asarray([self.sources[r] != ORACLE for r in self.order], bool)
+
+    def counts(self) -> dict[str, int]:
+        """How many labelled rows each source holds."""
+        out = {s: 0 for s in SOURCES}
+        for s in self.sources.values():
+            out[s] += 1
+        return out
 
     def state(self) -> dict:
         return {"order": list(self.order), "targets": [self.targets[r] for r in self.order],
-                "pseudo": sorted(self.pseudo), "spent": self.spent}
+                "sources": [self.sources[r] for r in self.order], "transient": sorted(self.transient),
+                "spent": self.spent, "costs": dict(self.costs)}
 
     @classmethod
     def from_state(cls, state: dict) -> "BudgetLedger":
+        """Also reads the first version's state (``pseudo`` rows, int targets), so old trial stores resume."""
         order = [int(r) for r in state["order"]]
-        return cls(order, dict(zip(order, (int(t) for t in state["targets"]))),
-                   set(int(p) for p in state["pseudo"]), int(state["spent"]))
+        targets = {r: as_target(t) for r, t in zip(order, state["targets"])}
+        if "sources" in state:
+            sources = dict(zip(order, state["sources"]))
+        else:
+            pseudo = set(int(p) for p in state["pseudo"])
+            sources = {r: SELECTIVE if r in pseudo else ORACLE for r in order}
+        return cls(order, targets, sources, set(int(r) for r in state.get("transient", ())), int(state["spent"]),
+                   {k: float(v) for k, v in state.get("costs", {}).items()})

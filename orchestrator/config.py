@@ -30,8 +30,20 @@ class ConfigError(ValueError):
     """A sweep config that cannot run; the message names the key and the fix."""
 
 
+class SelectorConfig(BaseModel):
+    """A learner fitted every round only for the strategy to select with (the evaluated one is ``adaptation``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    adaptation: str
+    adaptation_options: dict[str, Any] = Field(default_factory=dict)
+
+
+LabelSet = Literal["all", "queried"]
+
+
 class MethodConfig(BaseModel):
-    """A named combination of an acquisition strategy and an adaptation learner."""
+    """A named combination of an acquisition strategy and an adaptation learner (and maybe a selector)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,6 +53,9 @@ class MethodConfig(BaseModel):
     acquisition_options: dict[str, Any] = Field(default_factory=dict)
     adaptation_options: dict[str, Any] = Field(default_factory=dict)
     cold_start: ColdStart | None = None  # None: the sweep's default
+    selector: SelectorConfig | None = None
+    adaptation_labels: LabelSet = Field("all", description="'queried': the evaluated learner ignores free labels")
+    selector_labels: LabelSet = "all"
 
     @classmethod
     def parse(cls, item: str | dict) -> "MethodConfig":
@@ -70,6 +85,16 @@ class Tracking(BaseModel):
     experiment: str | None = None  # default: the sweep name
 
 
+class BlackBoxConfig(BaseModel):
+    """The foundation model behind an API that black-box methods query (counted, distributions only)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    encoder: str = Field("tiny-clip", description="the open_clip model answering queries, zero-shot")
+    temperature: float = Field(0.01, gt=0)
+    cost_per_1000: float | None = Field(None, ge=0, description="price of 1,000 queries, for the report")
+
+
 class SweepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -83,6 +108,8 @@ class SweepConfig(BaseModel):
     test_split: str = "test"
     methods: list[MethodConfig]
     plugins: list[str] = Field(default_factory=list, description="modules or .py files that register plug-ins")
+    cards: list[str] = Field(default_factory=list, description="dataset card YAML files outside the package")
+    blackbox: BlackBoxConfig | None = None
     budgets: dict[str, BudgetSchedule]
     seeds: list[int] = Field(default_factory=lambda: [0])
     rounds: int = Field(5, ge=1)
@@ -162,6 +189,11 @@ class SweepConfig(BaseModel):
                 "test_split": self.test_split,
                 "plugins": list(self.plugins),
             }
+            # Newer keys enter a trial only when set, so configs that do not use them keep their hashes.
+            if self.cards:
+                trial["cards"] = [str(Path(c).expanduser().resolve()) for c in self.cards]
+            if self.blackbox is not None:
+                trial["blackbox"] = self.blackbox.model_dump()
             trial["config_hash"] = config_hash(trial)
             out.append(trial)
         return out
@@ -173,6 +205,14 @@ def _resolved_method(method: MethodConfig) -> dict:
     resolved = method.model_dump()
     resolved["acquisition_options"] = ACQUISITIONS.resolve_options(method.acquisition, method.acquisition_options)
     resolved["adaptation_options"] = ADAPTATIONS.resolve_options(method.adaptation, method.adaptation_options)
+    if method.selector is None:  # keys added after the first release enter the hash only when used
+        del resolved["selector"]
+    else:
+        resolved["selector"]["adaptation_options"] = ADAPTATIONS.resolve_options(
+            method.selector.adaptation, method.selector.adaptation_options)
+    for key in ("adaptation_labels", "selector_labels"):
+        if resolved[key] == "all":
+            del resolved[key]
     return resolved
 
 
@@ -249,29 +289,22 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, def
 
 
 def validate_names(config: SweepConfig) -> None:
-    """Check datasets, strategies, learners and their options before any trial starts."""
-    from datasets.registry import get_card
-    from methods.registry import ACQUISITIONS, ADAPTATIONS, load_plugins
+    """Check cards, datasets, strategies, learners, their options and their pairing before any trial starts."""
+    from datasets.registry import load_card_files
+    from methods.registry import ACQUISITIONS, load_plugins
 
     errors = []
     try:
         load_plugins(config.plugins)
     except Exception as exc:  # an import error in user code: report it, do not start Ray
         raise ConfigError(f"could not load plug-ins {config.plugins}: {type(exc).__name__}: {exc}") from exc
-    for name in config.datasets:
-        try:
-            card = get_card(name)
-            if config.pool_split not in card.splits or config.test_split not in card.splits:
-                errors.append(f"dataset {name!r} has splits {sorted(card.splits)}; set pool_split/test_split")
-        except KeyError as exc:
-            errors.append(str(exc.args[0]))
+    try:
+        load_card_files(config.cards)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"could not load dataset cards: {exc}") from exc
+    errors += _dataset_errors(config)
     for method in config.methods:
-        for registry, part, opts in ((ACQUISITIONS, method.acquisition, method.acquisition_options),
-                                     (ADAPTATIONS, method.adaptation, method.adaptation_options)):
-            try:
-                registry.create(part, **opts)
-            except (KeyError, ValueError, TypeError) as exc:
-                errors.append(f"method {method.name!r}: {exc.args[0] if exc.args else exc}")
+        errors += _method_errors(method, has_blackbox=config.blackbox is not None)
     for cold in {config.cold_start, *(m.cold_start for m in config.methods if m.cold_start)}:
         if cold not in ("none", "method"):
             try:
@@ -280,3 +313,61 @@ def validate_names(config: SweepConfig) -> None:
                 errors.append(f"cold_start: {exc.args[0]} (or 'none' / 'method')")
     if errors:
         raise ConfigError("invalid sweep config:\n  " + "\n  ".join(errors))
+
+
+def _dataset_errors(config: SweepConfig) -> list[str]:
+    from datasets.registry import get_card
+
+    errors = []
+    for name in config.datasets:
+        try:
+            card = get_card(name)
+            if config.pool_split not in card.splits or config.test_split not in card.splits:
+                errors.append(f"dataset {name!r} has splits {sorted(card.splits)}; set pool_split/test_split")
+        except KeyError as exc:
+            errors.append(str(exc.args[0]))
+    return errors
+
+
+def _method_errors(method: MethodConfig, has_blackbox: bool) -> list[str]:
+    """Unknown names, bad options, and a strategy asking more than its learner provides."""
+    from methods.registry import ACQUISITIONS, ADAPTATIONS
+
+    parts = [(ACQUISITIONS, method.acquisition, method.acquisition_options),
+             (ADAPTATIONS, method.adaptation, method.adaptation_options)]
+    if method.selector is not None:
+        parts.append((ADAPTATIONS, method.selector.adaptation, method.selector.adaptation_options))
+    built, errors = [], []
+    for registry, part, opts in parts:
+        try:
+            built.append(registry.create(part, **opts))
+        except (KeyError, ValueError, TypeError) as exc:
+            errors.append(f"method {method.name!r}: {exc.args[0] if exc.args else exc}")
+    if errors:
+        return errors
+    strategy, *learners = built
+    return [f"method {method.name!r}: {e}" for e in pairing_errors(strategy, learners[-1], learners, has_blackbox)]
+
+
+def pairing_errors(strategy, selecting, learners, has_blackbox: bool) -> list[str]:
+    """What ``strategy`` declares that the data and the selecting learner's predictors cannot provide."""
+    from methods.base import BLACKBOX, DATA_INPUTS, prepared_name
+    from methods.preparation import PREPARATIONS
+
+    errors = []
+    missing = sorted(strategy.requires - DATA_INPUTS - selecting.provides - {t for t in strategy.requires
+                                                                              if prepared_name(t)})
+    if missing:
+        errors.append(f"strategy {strategy.name!r} needs {missing}, which learner {selecting.name!r} does not "
+                      f"provide (it provides {sorted(selecting.provides)}); pair it with a learner that does, "
+                      "or give the method a `selector:` learner that does")
+    plugins = [strategy, *learners]
+    if not has_blackbox and any(BLACKBOX in p.requires for p in plugins):
+        users = sorted({p.name for p in plugins if BLACKBOX in p.requires})
+        errors.append(f"{users} query a black box, but the sweep configures none; add `blackbox: {{encoder: ...}}`")
+    for token in sorted({t for p in plugins for t in p.requires if prepared_name(t)}):
+        try:
+            PREPARATIONS.get(prepared_name(token))
+        except KeyError as exc:
+            errors.append(str(exc.args[0]))
+    return errors

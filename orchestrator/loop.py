@@ -1,15 +1,19 @@
 """One active-learning run: round 0 evaluation, then select -> label -> adapt -> evaluate per round.
 
 The run knows no method by name: it builds the acquisition strategy and the
-learner from the registries, asks them what inputs they need, and computes
-only those. Selection and adaptation run as Ray tasks (inside a Tune trial
-they land in the trial's placement group, with a GPU when the trial has one);
-the big arrays travel by object reference, so no trial copies the pool.
+learner(s) from the registries, and the phase tasks give each plug-in a
+context holding exactly what it declared (:mod:`.contexts`). Selection and
+adaptation run as Ray tasks (inside a Tune trial they land in the trial's
+placement group, with a GPU when the trial has one); the big arrays travel
+by object reference, so no trial copies the pool.
 
-Every random choice derives from ``(seed, round, phase)``, and the round
-state (ledger, predictor weights, history) is checkpointed after each round,
-so a run resumed from any round's checkpoint yields exactly the metrics of
-an uninterrupted run.
+A method may name a *selector* learner besides its evaluated one: both are
+fitted every round on the same ledger, the strategy sees the selector's
+predictor, and the metrics are the evaluated learner's. A strategy may give
+free labels before the round-0 fit (``bootstrap``). Every random choice
+derives from ``(seed, round, phase)``, and the round state (ledger, both
+predictors, history) is checkpointed after each round, so a run resumed from
+any round's checkpoint yields exactly the metrics of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -19,50 +23,26 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from methods.base import (EMBEDDINGS, POOL_FEATURES, PREDICTOR, PROBS, TEXT_FEATURES, AdaptContext, ImageAccess,
-                          ImagePredictor, Predictor, Selection, SelectionContext, TrainSet)
+from methods.base import BOOTSTRAP, ORACLE, SOURCES, Predictor, Selection, SelectionContext
 from methods.registry import ACQUISITIONS, ADAPTATIONS, load_plugins
 from methods.validation import check_selection_inputs
 
-from .budget import BudgetLedger, BudgetSchedule
+from .budget import BudgetLedger, BudgetSchedule, as_target
+from .contexts import LedgerView, TrialData, adapt_context, get, open_blackbox, selection_context, train_set
 from .metrics import evaluate
 
-_PHASE_SELECT, _PHASE_ADAPT = 1, 2
+__all__ = ["ActiveLearningRun", "RoundState", "SelectionError", "TrialData", "phase_rng"]
+
+_PHASE_SELECT, _PHASE_ADAPT, _PHASE_SELECTOR, _PHASE_BOOTSTRAP = 1, 2, 3, 4
+BLACKBOX_QUERIES = "blackbox_queries"
 
 
 class SelectionError(ValueError):
     """A strategy returned an unusable selection; names the strategy and what was wrong."""
-
-
-@dataclass
-class TrialData:
-    """A trial's arrays, each either a numpy array or a Ray ObjectRef to one."""
-
-    pool_features: Any
-    pool_labels: Any
-    test_features: Any
-    test_labels: Any
-    text_features: Any  # (C, D) class embeddings (template ensemble)
-    task: str
-    num_classes: int
-    metric: str  # the dataset's default metric key
-    # What prompt learners need to drive the encoder's towers themselves (see methods.base.AdaptContext).
-    encoder: str = "tiny-clip"
-    precision: str = "fp32"
-    class_names: list[str] = field(default_factory=list)
-    templates: list[str] = field(default_factory=list)
-    descriptions: dict[str, list[str]] = field(default_factory=dict)
-    images: ImageAccess | None = None  # pixels of pool and test, for learners that adapt the image path
-
-
-def _get(value):
-    import ray
-
-    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
 
 
 def phase_rng(seed: int, round_: int, phase: int) -> np.random.Generator:
@@ -70,6 +50,15 @@ def phase_rng(seed: int, round_: int, phase: int) -> np.random.Generator:
 
 
 # ----------------------------------------------------------- round state
+
+
+def _predictor_name(predictor: Predictor) -> str:
+    return f"{type(predictor).__module__}:{type(predictor).__qualname__}"
+
+
+def _load_predictor(name: str, arrays: dict) -> Predictor:
+    module, qualname = name.split(":")
+    return getattr(importlib.import_module(module), qualname).from_state(arrays)
 
 
 @dataclass
@@ -82,12 +71,21 @@ class RoundState:
     history: list[dict] = field(default_factory=list)
     selections: list[list[int]] = field(default_factory=list)
     finished: bool = False
+    selector: Predictor | None = None  # the selector learner's predictor, when the method has one
+
+    @property
+    def selecting(self) -> Predictor:
+        """The predictor the strategy sees: the selector's, else the evaluated one."""
+        return self.selector if self.selector is not None else self.predictor
 
     def to_bytes(self) -> bytes:
         meta = {"round": self.round, "ledger": self.ledger.state(), "history": self.history,
                 "selections": self.selections, "finished": self.finished,
-                "predictor": f"{type(self.predictor).__module__}:{type(self.predictor).__qualname__}"}
+                "predictor": _predictor_name(self.predictor)}
         arrays = {f"predictor/{k}": np.asarray(v) for k, v in self.predictor.state().items()}
+        if self.selector is not None:
+            meta["selector"] = _predictor_name(self.selector)
+            arrays.update({f"selector/{k}": np.asarray(v) for k, v in self.selector.state().items()})
         buf = io.BytesIO()
         np.savez(buf, meta=np.asarray(json.dumps(meta)), **arrays)
         return buf.getvalue()
@@ -96,51 +94,64 @@ class RoundState:
     def from_bytes(cls, data: bytes) -> "RoundState":
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            arrays = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("predictor/")}
-        module, qualname = meta["predictor"].split(":")
-        predictor_cls = getattr(importlib.import_module(module), qualname)
-        return cls(meta["round"], BudgetLedger.from_state(meta["ledger"]), predictor_cls.from_state(arrays),
-                   meta["history"], meta["selections"], meta["finished"])
+            arrays = {part: {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(f"{part}/")}
+                      for part in ("predictor", "selector")}
+        selector = _load_predictor(meta["selector"], arrays["selector"]) if "selector" in meta else None
+        return cls(meta["round"], BudgetLedger.from_state(meta["ledger"]),
+                   _load_predictor(meta["predictor"], arrays["predictor"]), meta["history"], meta["selections"],
+                   meta["finished"], selector)
 
 
 # ------------------------------------------------------------ Ray tasks
 
 
-def _select(strategy_spec: tuple[str, dict], pool_features_ref, predictor: Predictor, labelled: np.ndarray,
-            labelled_targets: np.ndarray, pool_size: int, num_classes: int, text_features, round_: int,
-            budget: int, seed: int, plugins: tuple[str, ...] = (), cold: bool = False,
-            images: ImageAccess | None = None) -> tuple[Selection, float]:
-    """Build the strategy, compute only its declared inputs, and select.
+@dataclass
+class SelectRequest:
+    """One ``select`` (or ``cold_start``, or ``bootstrap``) call, as shipped to its Ray task."""
 
-    An image-path predictor (VPT, MaPLe) scores the pool by re-encoding its
-    pixels here, inside the task that holds the trial's GPU.
-    """
+    strategy: tuple[str, dict]
+    round: int
+    budget: int
+    seed: int
+    mode: str = "select"  # "select", "cold" or "bootstrap"
+    plugins: tuple[str, ...] = ()
+
+
+def _select(request: SelectRequest, data: TrialData, predictor: Predictor, view: LedgerView
+            ) -> tuple[Selection, dict, float]:
+    """Build the strategy, give it exactly its declared inputs, select, and check what it returned."""
     t0 = time.perf_counter()
-    load_plugins(plugins)
-    strategy = ACQUISITIONS.create(strategy_spec[0], **strategy_spec[1])
-    needs = strategy.requires
-    features = _get(pool_features_ref) if needs & {POOL_FEATURES, PROBS, EMBEDDINGS, PREDICTOR} else None
-    on_pixels = isinstance(predictor, ImagePredictor)
-    mask = np.ones(pool_size, bool)
-    mask[labelled] = False
-    probs = embeddings = None
-    if PROBS in needs:
-        probs = predictor.predict_proba_images(images, "pool") if on_pixels else predictor.predict_proba(features)
-    if EMBEDDINGS in needs:
-        embeddings = predictor.embed_images(images, "pool") if on_pixels else predictor.embed(features)
-    ctx = SelectionContext(
-        round=round_, num_classes=num_classes, unlabelled=np.flatnonzero(mask), labelled=labelled,
-        labelled_targets=labelled_targets,
-        pool_features=features if POOL_FEATURES in needs else None,
-        probs=probs, embeddings=embeddings,
-        text_features=_get(text_features) if TEXT_FEATURES in needs else None,
-        predictor=predictor if PREDICTOR in needs else None,
-    )
-    check_selection_inputs(strategy_spec[0], ctx, budget)
-    choose = strategy.cold_start if cold else strategy.select
-    selection = choose(ctx, budget, phase_rng(seed, round_, _PHASE_SELECT))
-    _check_selection(strategy_spec[0], selection, ctx, budget)
-    return selection, time.perf_counter() - t0
+    load_plugins(request.plugins)
+    name = request.strategy[0]
+    strategy = ACQUISITIONS.create(name, **request.strategy[1])
+    blackbox = open_blackbox(strategy.requires, data)
+    ctx = selection_context(strategy.requires, data, predictor, view, request.round, blackbox)
+    rng = phase_rng(request.seed, request.round, _PHASE_BOOTSTRAP if request.mode == "bootstrap" else _PHASE_SELECT)
+    if request.mode == "bootstrap":
+        selection = strategy.bootstrap(ctx, rng) or Selection(np.empty(0, np.int64))
+        if len(selection.indices):
+            raise SelectionError(f"strategy {name!r}: a bootstrap gives free labels only; it queried "
+                                 f"{len(selection.indices)} rows")
+    else:
+        check_selection_inputs(name, ctx, request.budget)
+        choose = strategy.cold_start if request.mode == "cold" else strategy.select
+        selection = choose(ctx, request.budget, rng)
+    _check_selection(name, selection, ctx, request.budget)
+    if blackbox is not None:
+        selection.costs[BLACKBOX_QUERIES] = selection.costs.get(BLACKBOX_QUERIES, 0.0) + blackbox.queries
+    return selection, ctx.extras, time.perf_counter() - t0
+
+
+def _check_labels(name: str, what: str, labels: dict, num_classes: int) -> None:
+    for row, label in labels.items():
+        try:
+            target = as_target(label)
+        except ValueError as exc:
+            raise SelectionError(f"strategy {name!r}: {what} of row {row}: {exc}") from None
+        ok = len(target) == num_classes if isinstance(target, tuple) else 0 <= target < num_classes
+        if not ok:
+            raise SelectionError(f"strategy {name!r}: {what} of row {row} is {label!r}; a label is a class id in "
+                                 f"[0, {num_classes}) or a 0/1 vector of length {num_classes}")
 
 
 def _check_selection(name: str, sel: Selection, ctx: SelectionContext, budget: int) -> None:
@@ -148,31 +159,53 @@ def _check_selection(name: str, sel: Selection, ctx: SelectionContext, budget: i
     sel.indices = idx
     if len(np.unique(idx)) != len(idx):
         raise SelectionError(f"strategy {name!r} returned duplicate indices; each pool row may be chosen once")
-    taken = set(ctx.labelled.tolist())
-    chosen = set(idx.tolist()) | set(map(int, sel.pseudo_labels))
-    if chosen & taken:
-        raise SelectionError(f"strategy {name!r} chose already-labelled rows {sorted(chosen & taken)[:5]}")
-    if set(idx.tolist()) & set(map(int, sel.pseudo_labels)):
-        raise SelectionError(f"strategy {name!r} both queried and pseudo-labelled the same rows")
     if len(idx) > budget:
         raise SelectionError(f"strategy {name!r} queried {len(idx)} rows but the round's budget is {budget}")
-    if idx.size and (idx.min() < 0 or idx.max() >= len(ctx.unlabelled) + len(ctx.labelled)):
+    pool_size = len(ctx.unlabelled) + len(ctx.labelled)
+    queried, pseudo, transient = set(idx.tolist()), set(map(int, sel.pseudo_labels)), set(map(int, sel.transient_labels or {}))
+    everything = queried | pseudo | transient
+    if everything and (min(everything) < 0 or max(everything) >= pool_size):
         raise SelectionError(f"strategy {name!r} returned row ids outside the pool")
+    taken = everything & set(ctx.labelled.tolist())
+    if taken:
+        raise SelectionError(f"strategy {name!r} chose already-labelled rows {sorted(taken)[:5]}")
+    for a, b, what in ((queried, pseudo, "queried and pseudo-labelled"), (queried, transient, "queried and mined"),
+                       (pseudo, transient, "gave permanent and transient labels to")):
+        if a & b:
+            raise SelectionError(f"strategy {name!r} both {what} the same rows {sorted(a & b)[:5]}")
+    _check_labels(name, "pseudo label", sel.pseudo_labels, ctx.num_classes)
+    _check_labels(name, "transient label", sel.transient_labels or {}, ctx.num_classes)
 
 
-def _adapt(learner_spec: tuple[str, dict], train: TrainSet, ctx: AdaptContext, seed: int,
-           plugins: tuple[str, ...] = ()) -> tuple[Predictor, float]:
+@dataclass
+class AdaptRequest:
+    """One ``fit`` call, as shipped to its Ray task."""
+
+    learner: tuple[str, dict]
+    round: int
+    seed: int
+    phase: int = _PHASE_ADAPT
+    queried_only: bool = False  # train on the oracle's labels alone
+    plugins: tuple[str, ...] = ()
+
+
+def _adapt(request: AdaptRequest, data: TrialData, ledger: BudgetLedger, previous: Predictor | None
+           ) -> tuple[Predictor, float, float]:
+    """Fit a learner on the ledger's rows; returns the predictor, black-box queries spent, seconds."""
     import torch
 
     t0 = time.perf_counter()
-    load_plugins(plugins)
-    learner = ADAPTATIONS.create(learner_spec[0], **learner_spec[1])
-    torch.manual_seed(int(phase_rng(seed, ctx.round, _PHASE_ADAPT).integers(2**31)))
-    predictor = learner.fit(train, ctx, phase_rng(seed, ctx.round, _PHASE_ADAPT))
-    return predictor, time.perf_counter() - t0
+    load_plugins(request.plugins)
+    learner = ADAPTATIONS.create(request.learner[0], **request.learner[1])
+    blackbox = open_blackbox(learner.requires, data)
+    ctx = adapt_context(learner.requires, data, ledger, request.round, previous, blackbox)
+    rng = phase_rng(request.seed, request.round, request.phase)
+    torch.manual_seed(int(phase_rng(request.seed, request.round, request.phase).integers(2**31)))
+    predictor = learner.fit(train_set(data, ledger, request.queried_only), ctx, rng)
+    return predictor, float(blackbox.queries if blackbox is not None else 0), time.perf_counter() - t0
 
 
-def _predict_images(predictor: ImagePredictor, images: ImageAccess, split: str) -> np.ndarray:
+def _predict_images(predictor: Predictor, images, split: str) -> np.ndarray:
     return predictor.predict_proba_images(images, split)
 
 
@@ -194,12 +227,16 @@ class ActiveLearningRun:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     plugins: tuple[str, ...] = ()
+    selector: tuple[str, dict] | None = None  # a learner fitted only for the strategy to select with
+    adaptation_labels: str = "all"  # "queried": the evaluated learner trains on the oracle's labels alone
+    selector_labels: str = "all"
 
     def __post_init__(self):
         load_plugins(self.plugins)
-        self._pool_labels = np.asarray(_get(self.data.pool_labels))
+        self._pool_labels = np.asarray(get(self.data.pool_labels))
         self.pool_size = len(self._pool_labels)
         self.budgets = self.schedule.resolve(self.pool_size, self.data.num_classes, self.rounds_total)
+        self._bootstraps = ACQUISITIONS.create(self.acquisition[0], **self.acquisition[1]).has_bootstrap
 
     def _call(self, fn: Callable, *args, gpus: float | None = None):
         """Run a phase as a Ray task (remote) or in-process (unit tests, benchmarks)."""
@@ -211,81 +248,95 @@ class ActiveLearningRun:
         task = ray.remote(num_cpus=self.num_cpus, num_gpus=gpus, max_retries=0)(fn)
         return ray.get(task.remote(*args))
 
+    def _gpus_for(self, learner: str) -> float:
+        """The trial's GPU share goes to an adapt task only when its learner trains on a GPU."""
+        return self.num_gpus if getattr(ADAPTATIONS.get(learner), "num_gpus", 0.0) > 0 else 0.0
+
     @property
     def adapt_gpus(self) -> float:
-        """The trial's GPU share goes to the adapt task only when the learner trains on a GPU."""
-        return self.num_gpus if getattr(ADAPTATIONS.get(self.adaptation[0]), "num_gpus", 0.0) > 0 else 0.0
+        return self._gpus_for(self.adaptation[0])
 
-    def _adapt_now(self, ledger: BudgetLedger, round_: int, previous: Predictor | None = None
-                   ) -> tuple[Predictor, float]:
-        rows, targets, pseudo = ledger.arrays()
-        pool = _get(self.data.pool_features)
-        train = TrainSet(np.asarray(pool[rows], dtype=np.float32), targets, pseudo, rows=rows)
-        d = self.data
-        ctx = AdaptContext(d.num_classes, round_, np.asarray(_get(d.text_features)), encoder=d.encoder,
-                           precision=d.precision, class_names=list(d.class_names), templates=list(d.templates),
-                           descriptions=dict(d.descriptions), images=d.images, previous=previous)
-        return self._call(_adapt, self.adaptation, train, ctx, self.seed, self.plugins, gpus=self.adapt_gpus)
+    def _fit(self, learner: tuple[str, dict], phase: int, queried_only: bool, ledger: BudgetLedger, round_: int,
+             previous: Predictor | None) -> tuple[Predictor, float, float]:
+        request = AdaptRequest(learner, round_, self.seed, phase, queried_only, self.plugins)
+        return self._call(_adapt, request, self.data, ledger, previous, gpus=self._gpus_for(learner[0]))
+
+    def _fit_models(self, ledger: BudgetLedger, round_: int, previous: RoundState | None
+                    ) -> tuple[Predictor, Predictor | None, float]:
+        """Fit the evaluated learner (and the selector, if any); their black-box queries go to the ledger."""
+        t0 = time.perf_counter()
+        predictor, queries, _ = self._fit(self.adaptation, _PHASE_ADAPT, self.adaptation_labels == "queried",
+                                          ledger, round_, previous.predictor if previous else None)
+        selector = None
+        if self.selector is not None:
+            selector, more, _ = self._fit(self.selector, _PHASE_SELECTOR, self.selector_labels == "queried",
+                                          ledger, round_, previous.selector if previous else None)
+            queries += more
+        ledger.add_cost(BLACKBOX_QUERIES, queries)
+        return predictor, selector, time.perf_counter() - t0
+
+    def _select_now(self, request: SelectRequest, predictor: Predictor, ledger: BudgetLedger
+                    ) -> tuple[Selection, dict, float]:
+        return self._call(_select, request, self.data, predictor, LedgerView.of(ledger, self.pool_size))
 
     def _evaluate(self, predictor: Predictor, ledger: BudgetLedger, round_: int) -> tuple[dict, float]:
         t0 = time.perf_counter()
-        if isinstance(predictor, ImagePredictor):
+        if predictor.on_pixels:
             probs = self._call(_predict_images, predictor, self.data.images, "test", gpus=self.adapt_gpus)
         else:
-            probs = predictor.predict_proba(_get(self.data.test_features))
-        metrics = evaluate(probs, np.asarray(_get(self.data.test_labels)), self.data.task)
-        rows, targets, pseudo = ledger.arrays()
-        truth = self._pool_labels[rows]
-        metrics.update({
-            "round": float(round_),
-            "labels_spent": float(ledger.spent),
-            "labels_total": float(len(rows)),
-            "pseudo_labels": float(pseudo.sum()),
-            "pseudo_precision": float((targets[pseudo] == truth[pseudo]).mean()) if pseudo.any() else float("nan"),
-        })
+            probs = predictor.predict_proba(get(self.data.test_features))
+        metrics = evaluate(probs, np.asarray(get(self.data.test_labels)), self.data.task)
+        metrics.update({"round": float(round_), **ledger_metrics(ledger, self._pool_labels)})
         return metrics, time.perf_counter() - t0
+
+    def _bootstrap(self, ledger: BudgetLedger, predictor: Predictor) -> None:
+        """Free labels from the strategy before the round-0 fit (e.g. zero-shot top-K per class)."""
+        request = SelectRequest(self.acquisition, 0, 0, self.seed, "bootstrap", self.plugins)
+        selection, _, _ = self._select_now(request, predictor, ledger)
+        apply_selection(ledger, selection, self._pool_labels, source=BOOTSTRAP)
 
     def initial_state(self) -> tuple[RoundState, dict]:
         ledger = BudgetLedger()
         t0 = time.perf_counter()
-        predictor, adapt_work = self._adapt_now(ledger, 0)
+        predictor, selector, adapt_work = self._fit_models(ledger, 0, None)
+        if self._bootstraps:
+            self._bootstrap(ledger, selector or predictor)
+            predictor, selector, adapt_work = self._fit_models(ledger, 0, None)
         t_adapt = time.perf_counter() - t0
         metrics, t_eval = self._evaluate(predictor, ledger, 0)
         metrics.update({"seconds_select": 0.0, "seconds_adapt": t_adapt, "seconds_evaluate": t_eval,
                         "seconds_select_work": 0.0, "seconds_adapt_work": adapt_work,
                         "seconds_round": t_adapt + t_eval})
-        state = RoundState(0, ledger, predictor, [metrics], [[]], finished=self.rounds_total == 0)
+        state = RoundState(0, ledger, predictor, [metrics], [[]], finished=self.rounds_total == 0, selector=selector)
         return state, metrics
+
+    def _request(self, r: int) -> SelectRequest:
+        strategy, mode = self.acquisition, "select"
+        if r == 1 and self.cold_start != "none":
+            mode = "cold"
+            if self.cold_start != "method":
+                strategy = (self.cold_start, {})
+        return SelectRequest(strategy, r, self.budgets[r - 1], self.seed, mode, self.plugins)
 
     def step(self, state: RoundState) -> tuple[RoundState, dict, list[int]]:
         """Run round ``state.round + 1`` and return the new state, its metrics and the queried rows."""
         r = state.round + 1
         t0 = time.perf_counter()
-        strategy, cold = self.acquisition, False
-        if r == 1 and self.cold_start != "none":
-            cold = True
-            if self.cold_start != "method":
-                strategy = (self.cold_start, {})
-        labelled, targets, _ = state.ledger.arrays()
-        selection, select_work = self._call(
-            _select, strategy, self.data.pool_features, state.predictor, labelled, targets, self.pool_size,
-            self.data.num_classes, self.data.text_features, r, self.budgets[r - 1], self.seed, self.plugins, cold,
-            self.data.images)
+        selection, extras, select_work = self._select_now(self._request(r), state.selecting, state.ledger)
         t_select = time.perf_counter() - t0
         ledger = BudgetLedger.from_state(state.ledger.state())
-        ledger.query(selection.indices, self._pool_labels[selection.indices])
-        ledger.add_pseudo({int(k): int(v) for k, v in selection.pseudo_labels.items()})
+        apply_selection(ledger, selection, self._pool_labels)
         t1 = time.perf_counter()
-        predictor, adapt_work = self._adapt_now(ledger, r, previous=state.predictor)
+        predictor, selector, adapt_work = self._fit_models(ledger, r, state)
         t_adapt = time.perf_counter() - t1
         metrics, t_eval = self._evaluate(predictor, ledger, r)
         # *_work is time inside the task; the rest of seconds_select/_adapt is Ray dispatch overhead.
         metrics.update({"seconds_select": t_select, "seconds_adapt": t_adapt, "seconds_evaluate": t_eval,
                         "seconds_select_work": select_work, "seconds_adapt_work": adapt_work,
-                        "seconds_round": time.perf_counter() - t0})
+                        "seconds_round": time.perf_counter() - t0, **extras_metrics(extras)})
         queried = selection.indices.tolist()
         new_state = RoundState(r, ledger, predictor, state.history + [metrics], state.selections + [queried],
-                               finished=r >= self.rounds_total)
+                               finished=r >= self.rounds_total, selector=selector)
         return new_state, metrics, queried
 
     def rounds(self, resume: RoundState | None = None) -> Iterator[tuple[RoundState, dict, list[int]]]:
@@ -297,3 +348,52 @@ class ActiveLearningRun:
         while state.round < self.rounds_total:
             state, metrics, queried = self.step(state)
             yield state, metrics, queried
+
+
+# ------------------------------------------------------------ ledger bookkeeping
+
+
+def apply_selection(ledger: BudgetLedger, selection: Selection, pool_labels: np.ndarray, source: str | None = None
+                    ) -> None:
+    """Spend the selection on the ledger: oracle labels, free labels, transient labels, costs."""
+    ledger.query(selection.indices, pool_labels[selection.indices])
+    if selection.pseudo_labels:
+        ledger.add_pseudo(selection.pseudo_labels, **({"source": source} if source else {}))
+    if selection.transient_labels is not None:
+        ledger.replace_transient(selection.transient_labels, **({"source": source} if source else {}))
+    for name, amount in selection.costs.items():
+        ledger.add_cost(name, amount)
+
+
+def ledger_metrics(ledger: BudgetLedger, pool_labels: np.ndarray) -> dict[str, float]:
+    """Labels by source, the pseudo labels' precision against the truth, and every cost counter."""
+    rows, targets, pseudo = ledger.arrays()
+    sources = ledger.sources_of(rows)
+    correct = _matches(targets, pool_labels[rows])
+    out = {"labels_spent": float(ledger.spent), "labels_total": float(len(rows)), "pseudo_labels": float(pseudo.sum()),
+           "pseudo_precision": float(correct[pseudo].mean()) if pseudo.any() else float("nan"),
+           "labels_transient": float(len(ledger.transient))}
+    for source in SOURCES:
+        mine = sources == source
+        if source != ORACLE and mine.any():
+            out[f"labels_{source}"] = float(mine.sum())
+            out[f"precision_{source}"] = float(correct[mine].mean())
+    out.update({f"cost_{name}": float(value) for name, value in sorted(ledger.costs.items())})
+    return out
+
+
+def _matches(targets: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Whether each label equals the truth (a whole 0/1 vector for multi-label rows)."""
+    if len(targets) == 0:
+        return np.zeros(0, bool)
+    equal = np.asarray(targets) == np.asarray(truth)
+    return equal.all(axis=1) if equal.ndim > 1 else equal
+
+
+def extras_metrics(extras: dict) -> dict[str, float]:
+    """A strategy's numeric notes (``ctx.extras``) as round metrics ``select_<key>``; other notes are dropped
+    from MLflow but kept in the round's history under ``notes``."""
+    numeric = {f"select_{k}": float(v) for k, v in extras.items()
+               if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)}
+    notes = {k: str(v) for k, v in extras.items() if f"select_{k}" not in numeric}
+    return {**numeric, **({"notes": notes} if notes else {})}

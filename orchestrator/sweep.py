@@ -71,6 +71,9 @@ def prepare_data(config: SweepConfig) -> dict[str, dict]:
             pool, test = cached[(n, config.pool_split)], cached[(n, config.test_split)]
             text = embed_class_texts(n, config.encoder, cache, config.protocol, config.address)
             _check_features(n, pool.features, test.features)
+            images = DatasetImages(n, {"pool": config.pool_split, "test": config.test_split},
+                                   {"pool": np.asarray(pool.indices), "test": np.asarray(test.indices)},
+                                   config.encoder, dict(opts), card_files=_card_files(config))
             refs[n] = {
                 "pool_features": ray.put(np.asarray(pool.features, dtype=np.float32)),
                 "pool_labels": ray.put(np.asarray(pool.labels)),
@@ -81,12 +84,55 @@ def prepare_data(config: SweepConfig) -> dict[str, dict]:
                 "pool_size": len(pool),
                 "encoder": config.encoder, "precision": config.precision, "class_names": list(card.classes),
                 "templates": card.prompts(config.protocol),
-                "descriptions": {c: list(a.positive) for c, a in card.attributes.items() if a.positive},
-                "images": DatasetImages(n, {"pool": config.pool_split, "test": config.test_split},
-                                        {"pool": np.asarray(pool.indices), "test": np.asarray(test.indices)},
-                                        config.encoder, dict(opts)),
+                "attributes": {c: a.model_dump() for c, a in card.attributes.items()},
+                "images": images,
+                "blackbox": _blackbox_spec(config, card),
+                "prepared": _prepared(config, n, cache, pool, images),
             }
     return refs
+
+
+def _card_files(config: SweepConfig) -> tuple[str, ...]:
+    return tuple(str(Path(c).expanduser().resolve()) for c in config.cards)
+
+
+def _blackbox_spec(config: SweepConfig, card):
+    if config.blackbox is None:
+        return None
+    from methods.core.blackbox import ClipBlackBoxSpec
+
+    return ClipBlackBoxSpec(config.blackbox.encoder, tuple(card.classes), tuple(card.prompts(config.protocol)),
+                            config.blackbox.temperature, config.precision)
+
+
+def _preparation_names(config: SweepConfig) -> list[str]:
+    """Every preparation step a plug-in of the sweep declares (``prepared:NAME`` in its ``requires``)."""
+    from methods.base import prepared_name
+    from methods.registry import ACQUISITIONS, ADAPTATIONS
+
+    plugins = []
+    for m in config.methods:
+        plugins.append(ACQUISITIONS.create(m.acquisition, **m.acquisition_options))
+        for name, opts in [(m.adaptation, m.adaptation_options)] + (
+                [(m.selector.adaptation, m.selector.adaptation_options)] if m.selector else []):
+            plugins.append(ADAPTATIONS.create(name, **opts))
+    return sorted({prepared_name(t) for p in plugins for t in p.requires if prepared_name(t)})
+
+
+def _prepared(config: SweepConfig, dataset: str, cache: Path, pool, images) -> dict[str, dict]:
+    """Run (or reuse from the cache) the declared preparation steps of one dataset; arrays go to the store."""
+    import ray
+
+    from .preparation import card_inputs, run_preparations
+
+    names = _preparation_names(config)
+    if not names:
+        return {}
+    done = run_preparations(
+        [(dataset, name, {}) for name in names], cache, config.encoder, config.precision,
+        inputs_for=lambda d: card_inputs(d, config.encoder, config.precision, pool_features=pool.features,
+                                         images=images, identity={"pool": pool.manifest["checksum"]}))
+    return {name: {k: ray.put(v) for k, v in done[(dataset, name)].arrays.items()} for name in names}
 
 
 def _check_features(name: str, *arrays) -> None:
@@ -106,16 +152,20 @@ def build_run(trial: dict, data: dict, remote: bool = True, num_cpus: float = 1.
 
     schedule = TypeAdapter(BudgetSchedule).validate_python(trial["budget"])
     method = trial["method"]
+    selector = method.get("selector")
     return ActiveLearningRun(
         acquisition=(method["acquisition"], method["acquisition_options"]),
         adaptation=(method["adaptation"], method["adaptation_options"]),
         schedule=schedule, rounds_total=trial["rounds"], seed=trial["seed"],
         data=TrialData(**{k: data[k] for k in ("pool_features", "pool_labels", "test_features", "test_labels",
                                                "text_features", "task", "num_classes", "metric", "encoder",
-                                               "precision", "class_names", "templates", "descriptions", "images")
+                                               "precision", "class_names", "templates", "attributes", "images",
+                                               "blackbox", "prepared")
                           if k in data}),
         cold_start=trial["cold_start"], remote=remote, num_cpus=num_cpus, num_gpus=num_gpus,
         plugins=tuple(trial.get("plugins", ())),
+        selector=(selector["adaptation"], selector["adaptation_options"]) if selector else None,
+        adaptation_labels=method.get("adaptation_labels", "all"), selector_labels=method.get("selector_labels", "all"),
     )
 
 

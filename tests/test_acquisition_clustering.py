@@ -53,7 +53,8 @@ def _ctx(x, y, labelled, predictor=None, class_guided=False, classes=10):
     mask[labelled] = False
     extra = {}
     if class_guided:
-        extra = {"probs": predictor.predict_proba(x), "text_features": predictor.weight}
+        extra = {"probs": predictor.predict_proba(x), "text_features": predictor.weight,
+                 "class_embeddings": predictor.class_embeddings()}
     return SelectionContext(round=1, num_classes=classes, unlabelled=np.flatnonzero(mask), labelled=labelled,
                             labelled_targets=y[labelled], pool_features=x, predictor=predictor, **extra)
 

@@ -120,7 +120,8 @@ def test_badge_with_several_draws_per_pass_keeps_the_kmeanspp_potential():
         ACQUISITIONS.create("badge", max_passes=0)
 
 
-def test_badge_in_the_class_guided_space_equals_badge_on_the_materialised_matrix():
+@pytest.mark.parametrize("space", ["class_guided", "class_guided_text"])
+def test_badge_in_the_class_guided_space_equals_badge_on_the_materialised_matrix(space):
     """The lazy class-guided view (rows built when indexed) must give BADGE the same inputs as the full matrix."""
     from methods.feature_space import features_in_space
 
@@ -129,8 +130,11 @@ def test_badge_in_the_class_guided_space_equals_badge_on_the_materialised_matrix
     probs = rng.dirichlet(np.ones(10), len(x)).astype(np.float32)
     ctx = _ctx(x, rng.choice(len(x), 20, replace=False), probs)
     ctx.text_features = rng.normal(size=(10, 16)).astype(np.float32)
-    lazy = ACQUISITIONS.create("badge", feature_space="class_guided").select(ctx, 15, np.random.default_rng(0))
-    ctx.embeddings = features_in_space(ctx, "class_guided")
+    ctx.class_embeddings = rng.normal(size=(10, 16)).astype(np.float32)
+    lazy = ACQUISITIONS.create("badge", feature_space=space).select(ctx, 15, np.random.default_rng(0))
+    ctx.embeddings = features_in_space(ctx, space)
+    vectors = ctx.class_embeddings if space == "class_guided" else ctx.text_features
+    np.testing.assert_allclose(ctx.embeddings[:, 16:], probs @ vectors, rtol=1e-5, atol=1e-6)
     full = ACQUISITIONS.create("badge", feature_space="embedding").select(ctx, 15, np.random.default_rng(0))
     assert lazy.indices.tolist() == full.indices.tolist()
 

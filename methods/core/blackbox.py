@@ -1,0 +1,71 @@
+"""A local black-box foundation model: an open_clip model's zero-shot head behind ``query``.
+
+Black-box methods (VALIANT, BAPS) may only see output distributions, and
+every image they ask about costs a query. :class:`ClipBlackBox` enforces
+that on a model that runs here: it answers ``query(pixels)`` with the
+template-ensemble zero-shot distribution and keeps no other door open (no
+features, gradients or weights). The spec is what travels to Ray tasks; the
+model is loaded in the task that opens it, once per process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from ..base import BlackBox
+
+
+@dataclass(frozen=True)
+class ClipBlackBoxSpec:
+    """What a trial needs to open the black box: the model, the task's class prompts, the temperature."""
+
+    encoder: str
+    class_names: tuple[str, ...]
+    templates: tuple[str, ...]
+    temperature: float = 0.01
+    precision: str = "fp32"
+    device: str | None = field(default=None, compare=False)
+
+    def open(self) -> "ClipBlackBox":
+        """A fresh handle with its own query counter."""
+        return ClipBlackBox(self)
+
+
+@lru_cache(maxsize=2)
+def _zero_shot_head(spec: ClipBlackBoxSpec):
+    """The frozen encoder and its (C, D) template-ensemble classifier, built once per process."""
+    import torch
+
+    from .devices import pick_device
+    from .encoders import load_encoder
+
+    encoder = load_encoder(spec.encoder, spec.precision, pick_device(spec.device))
+    texts = [t.format(c) for c in spec.class_names for t in spec.templates]
+    emb = encoder.encode_texts(texts).reshape(len(spec.class_names), len(spec.templates), -1).mean(1)
+    return encoder, torch.nn.functional.normalize(emb, dim=-1).to(encoder.device)
+
+
+class ClipBlackBox(BlackBox):
+    """Zero-shot distributions over the task's classes, and a count of every image asked about."""
+
+    def __init__(self, spec: ClipBlackBoxSpec):
+        self._spec = spec
+        self.queries = 0
+
+    def query(self, pixels) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        encoder, classifier = _zero_shot_head(self._spec)
+        pixels = torch.as_tensor(pixels, dtype=torch.float32)
+        if pixels.ndim != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"black box: expected images (n, 3, H, W), got shape {tuple(pixels.shape)}")
+        self.queries += len(pixels)
+        size = encoder.image_size
+        if pixels.shape[-2:] != (size, size):
+            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+        features = encoder.encode_images(pixels).to(classifier.device)
+        return torch.softmax(features @ classifier.T / self._spec.temperature, dim=-1).cpu().numpy()
