@@ -10,7 +10,9 @@ dataset and encoder instead of once per trial.
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field, field_validator
 
+from .options import PluginOptions
 from .preparation import Preparation, PreparationInputs, register_preparation
 
 KINDS = ("positive", "confusion")
@@ -39,11 +41,15 @@ class AttributeEmbeddings(Preparation):
 
     version = 1
 
-    def __init__(self, template: str = "{}"):
-        if not isinstance(template, str) or template.count("{}") != 1:
-            raise ValueError(f"attribute_embeddings: template must contain exactly one '{{}}' slot for the "
-                             f"sentence, got {template!r}")
-        super().__init__(template=template)
+    class Options(PluginOptions):
+        template: str = Field("{}", description="wraps each sentence before encoding")
+
+        @field_validator("template")
+        @classmethod
+        def _one_slot(cls, template):
+            if template.count("{}") != 1:
+                raise ValueError(f"template must contain exactly one '{{}}' slot for the sentence, got {template!r}")
+            return template
 
     def run(self, inputs: PreparationInputs, rng: np.random.Generator) -> dict[str, np.ndarray]:
         from .core.encoders import load_encoder
@@ -57,8 +63,7 @@ class AttributeEmbeddings(Preparation):
                 "needs attribute_embeddings"
             )
         encoder = load_encoder(inputs.encoder, inputs.precision, inputs.device)
-        template = self.options["template"]
-        emb = encoder.encode_texts([template.format(s) for s in every]).numpy().astype(np.float32)
+        emb = encoder.encode_texts([self.template.format(s) for s in every]).numpy().astype(np.float32)
         out, start = {}, 0
         for kind in KINDS:
             sentences, owners = groups[kind]

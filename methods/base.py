@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .options import Configurable
+
 # ------------------------------------------------------------- inputs a plug-in can declare
 
 POOL_FEATURES = "pool_features"  # cached image embeddings of the whole pool, (N, D)
@@ -59,9 +61,16 @@ def output_name(token: str) -> str | None:
     return token[len(_OUTPUT):] if token.startswith(_OUTPUT) else None
 
 
+def prepared(name: str) -> str:
+    """The input token for a per-dataset preparation step's arrays (see :mod:`methods.preparation`)."""
+    return f"{_PREPARED}{name}"
+
+
 def prepared_name(token: str) -> str | None:
-    """The preparation step a ``prepared:NAME`` token asks for (see :mod:`methods.preparation`)."""
-    return token[len(_PREPARED):] if token.startswith(_PREPARED) else None
+    """The preparation step a ``prepared:NAME`` token asks for, or None for an ordinary input."""
+    if isinstance(token, str) and token.startswith(_PREPARED) and len(token) > len(_PREPARED):
+        return token[len(_PREPARED):]
+    return None
 
 
 def check_declared(owner: str, requires, known: frozenset[str]) -> frozenset[str]:
@@ -136,7 +145,7 @@ class Selection:
     costs: dict[str, float] = field(default_factory=dict)
 
 
-class AcquisitionStrategy(ABC):
+class AcquisitionStrategy(Configurable, ABC):
     """Who to label next."""
 
     name: str = "?"
@@ -306,7 +315,7 @@ class ImagePredictor(Predictor):
         raise KeyError(f"{type(self).__name__} has no output {name!r}; it provides {sorted(self.outputs) or 'none'}")
 
 
-class Learner(ABC):
+class Learner(Configurable, ABC):
     """How the frozen model is adapted after each round.
 
     ``provides`` lists what its predictors give strategies (``PROBS``,

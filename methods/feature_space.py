@@ -20,7 +20,10 @@ million-row pool never exists in full unless a strategy needs all of it.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
+from pydantic import Field
 
 from .base import CLASS_EMBEDDINGS, EMBEDDINGS, POOL_FEATURES, PROBS, TEXT_FEATURES, SelectionContext
 
@@ -32,6 +35,9 @@ SPACE_INPUTS: dict[str, frozenset[str]] = {
     "penultimate": frozenset({EMBEDDINGS}),
 }
 CLASS_GUIDED = ("class_guided", "class_guided_text")
+#: The ``feature_space`` option of every clustering or diversity strategy.
+FeatureSpace = Annotated[Literal[tuple(sorted(SPACE_INPUTS))],
+                         Field(description="where distances are measured, see methods.feature_space")]
 
 
 def space_inputs(strategy: str, feature_space: str) -> frozenset[str]:

@@ -13,14 +13,14 @@ A preparation is a plug-in like a strategy or a learner::
     class MyStep(Preparation):
         version = 1                        # bump when the computation changes: old caches are ignored
 
-        def __init__(self, width: int = 8):  # options come from the method's config, validated here
-            if width < 1:
-                raise ValueError("my_step: width must be >= 1")
-            super().__init__(width=width)
+        class Options(PluginOptions):      # options come from the method's config, validated here
+            width: Int = Field(8, ge=1)
 
         def run(self, inputs, rng):
-            return {"weights": ...}          # named numeric arrays, nothing pickled
+            return {"weights": ...}          # named numeric arrays (self.width), nothing pickled
 
+(``PluginOptions`` and ``Int`` come from :mod:`methods.options`; a step with a
+keyword constructor of its own still works, its signature read as its options)
 and a learner or strategy that wants its outputs puts ``prepared("my_step")``
 in its ``requires``. This module knows nothing of the engine (``orchestrator``
 imports it, never the other way round).
@@ -28,17 +28,15 @@ imports it, never the other way round).
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .base import prepared, prepared_name  # noqa: F401  (the requires tokens, re-exported for step authors)
+from .options import Configurable, options_model
 from .registry import Registry
-
-PREPARED_PREFIX = "prepared:"
-
 
 @dataclass
 class PreparationInputs:
@@ -60,19 +58,16 @@ class PreparationInputs:
     identity: dict = field(default_factory=dict)
 
 
-class Preparation(ABC):
-    """One per-dataset step. Subclasses set ``version`` and implement :meth:`run`.
+class Preparation(Configurable, ABC):
+    """One per-dataset step. Subclasses set ``version``, declare ``Options`` and implement :meth:`run`.
 
-    Options are the constructor's keyword arguments; they are stored in
-    ``self.options`` and hashed into the cache directory's name, so different
-    options never share a cache.
+    The validated options are ``self.options`` (and attributes); resolved,
+    they are hashed into the cache directory's name, so different options
+    never share a cache.
     """
 
     name: str = ""
     version: int = 1
-
-    def __init__(self, **options):
-        self.options = dict(options)
 
     @abstractmethod
     def run(self, inputs: PreparationInputs, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -86,32 +81,12 @@ def register_preparation(name: str):
     return PREPARATIONS.register(name)
 
 
-def prepared(name: str) -> str:
-    """The ``requires`` token that asks for a preparation's outputs."""
-    return f"{PREPARED_PREFIX}{name}"
-
-
-def parse_prepared(token: str) -> str | None:
-    """The preparation named by a ``requires`` token, or None for an ordinary input."""
-    if isinstance(token, str) and token.startswith(PREPARED_PREFIX) and len(token) > len(PREPARED_PREFIX):
-        return token[len(PREPARED_PREFIX):]
-    return None
-
-
 def create_preparation(name: str, options: dict | None = None) -> Preparation:
-    """Build a registered step with validated options.
-
-    ``Registry.create`` checks options against named constructor parameters;
-    a step that keeps the base ``**options`` constructor declares none, so it
-    must refuse every option instead of accepting typos silently.
-    """
+    """Build a registered step with validated options (a step that declares none is told so plainly)."""
     options = dict(options or {})
-    cls = PREPARATIONS.get(name)
-    named = [p for p in inspect.signature(cls).parameters.values()
-             if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-    if not named and options:
+    if options and not options_model(PREPARATIONS.get(name)).model_fields:
         raise ValueError(f"preparation step {name!r} takes no options; got {sorted(options)}")
-    return PREPARATIONS.create(name, **options) if named else cls()
+    return PREPARATIONS.create(name, **options)
 
 
 def resolved_options(name: str, options: dict | None = None) -> dict:

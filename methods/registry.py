@@ -1,18 +1,21 @@
 """Plug-ins register themselves by name; unknown names list the known ones.
 
-A registry maps a name to a class whose constructor takes the method's
-options as keyword arguments. Options are validated at construction, so a
-typo in a sweep config fails before any trial starts, with the accepted
-options and the closest match.
+A registry maps a name to a class whose options are a declared model
+(``Options``, see :mod:`methods.options`). Options are validated through that
+model, so a typo in a sweep config fails before any trial starts, with the
+accepted options and the closest match.
 """
 
 from __future__ import annotations
 
 import difflib
-import inspect
+from copy import copy
 from typing import Callable, Generic, TypeVar
 
+from pydantic import create_model
+
 from .base import LEARNER_INPUTS, STRATEGY_INPUTS, check_declared
+from .options import Configurable, PluginOptions, options_model, validate_options
 
 T = TypeVar("T")
 
@@ -27,7 +30,7 @@ class Registry(Generic[T]):
         def deco(cls: type[T]) -> type[T]:
             if name in self._items and self._items[name] is not cls:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            cls.name = name
+            cls.name, cls.kind = name, self.kind
             self._items[name] = cls
             return cls
         return deco
@@ -44,25 +47,20 @@ class Registry(Generic[T]):
             raise KeyError(f"unknown {self.kind} {name!r}{hint}; known: {', '.join(sorted(self._items))}")
         return self._items[name]
 
+    def options_model(self, name: str) -> type[PluginOptions]:
+        return options_model(self.get(name))
+
     def resolve_options(self, name: str, options: dict) -> dict:
-        """The options a plug-in will actually run with: its constructor defaults overlaid by ``options``.
+        """The options a plug-in will actually run with: its validated ``Options``, defaults filled in.
 
         These go into the trial's config hash, so changing a plug-in's default
         makes a new trial instead of silently reusing results of the old one.
         """
-        cls = self.get(name)
-        defaults = {p.name: p.default for p in inspect.signature(cls).parameters.values()
-                    if p.default is not inspect.Parameter.empty}
-        return {**defaults, **options}
+        return validate_options(self.get(name), options).model_dump()
 
     def create(self, name: str, **options) -> T:
         cls = self.get(name)
-        accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
-        unknown = sorted(set(options) - set(accepted))
-        if unknown:
-            hints = {u: difflib.get_close_matches(u, accepted, n=1) for u in unknown}
-            said = ", ".join(f"{u!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for u, h in hints.items())
-            raise ValueError(f"{self.kind} {name!r} got unknown option(s) {said}; accepted: {accepted or 'none'}")
+        validate_options(cls, options)  # also for plug-ins with a constructor of their own
         plugin = cls(**options)
         if self.inputs is not None:
             check_declared(f"{self.kind} {name!r}", plugin.requires, self.inputs)
@@ -136,26 +134,35 @@ def plugin_module_name(path) -> str:
 
 
 def with_defaults(**defaults):
-    """Class decorator: the same constructor as the parent's, with some defaults changed.
+    """Class decorator: the parent's options with some defaults changed (an ``Options`` subclass).
 
-    The changed defaults show in the class's signature, so option validation
-    and the config hash (which reads resolved defaults) see them.
+    Option resolution and so the config hash read the model, so they see the
+    new defaults; a name the model does not declare is refused.
     """
 
     def deco(cls):
-        parent_init = cls.__init__
-        signature = inspect.signature(parent_init)
-        unknown = sorted(set(defaults) - set(signature.parameters))
+        model = options_model(cls)
+        unknown = sorted(set(defaults) - set(model.model_fields))
         if unknown:
             raise TypeError(f"{cls.__name__}: no such constructor option(s) {unknown}")
+        cls.Options = _with_defaults(model, defaults, cls.__name__)
+        validate_options(cls, defaults)  # a bad default fails at import, not in the first trial
+        if cls.__init__ is not Configurable.__init__:  # a hand-written constructor: hand it the defaults too
+            parent_init = cls.__init__
 
-        def __init__(self, **options):
-            parent_init(self, **{**defaults, **options})
+            def __init__(self, **options):
+                parent_init(self, **{**defaults, **options})
 
-        __init__.__signature__ = signature.replace(parameters=[
-            p.replace(default=defaults[p.name]) if p.name in defaults else p for p in signature.parameters.values()])
-        __init__.__doc__ = parent_init.__doc__
-        cls.__init__ = __init__
+            cls.__init__ = __init__
         return cls
 
     return deco
+
+
+def _with_defaults(model: type[PluginOptions], defaults: dict, owner: str) -> type[PluginOptions]:
+    fields = {}
+    for key, value in defaults.items():
+        info = copy(model.model_fields[key])
+        info.default = value
+        fields[key] = (model.model_fields[key].annotation, info)
+    return create_model(f"{owner}Options", __base__=model, __doc__=model.__doc__, **fields)

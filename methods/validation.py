@@ -1,9 +1,9 @@
 """Checks on what a plug-in is given, so bad input fails with its cause and its fix.
 
-:func:`check_int` validates integer options at construction (so a sweep
-config with a bad value fails before Ray starts). The loop runs
-:func:`check_selection_inputs` before every ``select`` call; benchmarks and
-tests that call strategies directly run it too. Each message names the
+Options are validated by each plug-in's declared model at construction (see
+:mod:`methods.options`), so a sweep config with a bad value fails before Ray
+starts. The loop runs :func:`check_selection_inputs` before every ``select``
+call; benchmarks and tests that call strategies directly run it too. Each message names the
 strategy, what is wrong, and what to do about it. Array checks run in
 chunks, so a million-row pool costs about a second and no extra copy.
 """
@@ -19,14 +19,6 @@ PROB_SUM_TOLERANCE = 1e-3
 
 class AcquisitionInputError(ValueError):
     """A strategy's inputs are unusable; the message says which, and how to fix it."""
-
-
-def check_int(owner: str, name: str, value, minimum: int, why: str = "") -> int:
-    """``value`` as an int if it is an integer (not a bool) ``>= minimum``; else a ValueError naming ``owner``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        reason = f" ({why})" if why else ""
-        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}{reason}, got {value!r}")
-    return int(value)
 
 
 def _first_bad_row(array: np.ndarray, test, chunk: int = 65536) -> int | None:

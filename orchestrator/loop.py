@@ -62,6 +62,30 @@ def _load_predictor(name: str, arrays: dict) -> Predictor:
 
 
 @dataclass
+class PackedPredictor:
+    """A predictor as its class name and plain arrays, for crossing into a Ray task.
+
+    A worker unpickles a task's arguments before the task body runs, so a
+    predictor class from a user's plug-in file would be unknown there; packed,
+    it is rebuilt after the task has loaded the plug-ins.
+    """
+
+    name: str
+    state: dict
+
+    @classmethod
+    def of(cls, predictor: Predictor | None) -> "PackedPredictor | None":
+        return None if predictor is None else cls(_predictor_name(predictor), predictor.state())
+
+    def unpack(self) -> Predictor:
+        return _load_predictor(self.name, self.state)
+
+
+def _unpack(packed: PackedPredictor | None) -> Predictor | None:
+    return None if packed is None else packed.unpack()
+
+
+@dataclass
 class RoundState:
     """Everything needed to continue a run after round ``round``."""
 
@@ -117,11 +141,13 @@ class SelectRequest:
     plugins: tuple[str, ...] = ()
 
 
-def _select(request: SelectRequest, data: TrialData, predictor: Predictor, view: LedgerView
+def _select(request: SelectRequest, data: TrialData, predictor: Predictor | PackedPredictor, view: LedgerView
             ) -> tuple[Selection, dict, float]:
     """Build the strategy, give it exactly its declared inputs, select, and check what it returned."""
     t0 = time.perf_counter()
     load_plugins(request.plugins)
+    if isinstance(predictor, PackedPredictor):
+        predictor = predictor.unpack()
     name = request.strategy[0]
     strategy = ACQUISITIONS.create(name, **request.strategy[1])
     blackbox = open_blackbox(strategy.requires, data)
@@ -162,7 +188,8 @@ def _check_selection(name: str, sel: Selection, ctx: SelectionContext, budget: i
     if len(idx) > budget:
         raise SelectionError(f"strategy {name!r} queried {len(idx)} rows but the round's budget is {budget}")
     pool_size = len(ctx.unlabelled) + len(ctx.labelled)
-    queried, pseudo, transient = set(idx.tolist()), set(map(int, sel.pseudo_labels)), set(map(int, sel.transient_labels or {}))
+    queried, pseudo = set(idx.tolist()), set(map(int, sel.pseudo_labels))
+    transient = set(map(int, sel.transient_labels or {}))
     everything = queried | pseudo | transient
     if everything and (min(everything) < 0 or max(everything) >= pool_size):
         raise SelectionError(f"strategy {name!r} returned row ids outside the pool")
@@ -189,24 +216,27 @@ class AdaptRequest:
     plugins: tuple[str, ...] = ()
 
 
-def _adapt(request: AdaptRequest, data: TrialData, ledger: BudgetLedger, previous: Predictor | None
-           ) -> tuple[Predictor, float, float]:
-    """Fit a learner on the ledger's rows; returns the predictor, black-box queries spent, seconds."""
+def _adapt(request: AdaptRequest, data: TrialData, ledger: BudgetLedger, previous: PackedPredictor | None
+           ) -> tuple[PackedPredictor, float, float]:
+    """Fit a learner on the ledger's rows; returns the packed predictor, black-box queries spent, seconds."""
     import torch
 
     t0 = time.perf_counter()
     load_plugins(request.plugins)
+    previous = _unpack(previous)
     learner = ADAPTATIONS.create(request.learner[0], **request.learner[1])
     blackbox = open_blackbox(learner.requires, data)
     ctx = adapt_context(learner.requires, data, ledger, request.round, previous, blackbox)
     rng = phase_rng(request.seed, request.round, request.phase)
     torch.manual_seed(int(phase_rng(request.seed, request.round, request.phase).integers(2**31)))
     predictor = learner.fit(train_set(data, ledger, request.queried_only), ctx, rng)
-    return predictor, float(blackbox.queries if blackbox is not None else 0), time.perf_counter() - t0
+    queries = float(blackbox.queries if blackbox is not None else 0)
+    return PackedPredictor.of(predictor), queries, time.perf_counter() - t0
 
 
-def _predict_images(predictor: Predictor, images, split: str) -> np.ndarray:
-    return predictor.predict_proba_images(images, split)
+def _predict_images(predictor: PackedPredictor, images, split: str, plugins: tuple[str, ...] = ()) -> np.ndarray:
+    load_plugins(plugins)
+    return predictor.unpack().predict_proba_images(images, split)
 
 
 # ------------------------------------------------------------ the run
@@ -259,7 +289,9 @@ class ActiveLearningRun:
     def _fit(self, learner: tuple[str, dict], phase: int, queried_only: bool, ledger: BudgetLedger, round_: int,
              previous: Predictor | None) -> tuple[Predictor, float, float]:
         request = AdaptRequest(learner, round_, self.seed, phase, queried_only, self.plugins)
-        return self._call(_adapt, request, self.data, ledger, previous, gpus=self._gpus_for(learner[0]))
+        packed, queries, seconds = self._call(_adapt, request, self.data, ledger, PackedPredictor.of(previous),
+                                              gpus=self._gpus_for(learner[0]))
+        return packed.unpack(), queries, seconds
 
     def _fit_models(self, ledger: BudgetLedger, round_: int, previous: RoundState | None
                     ) -> tuple[Predictor, Predictor | None, float]:
@@ -277,12 +309,14 @@ class ActiveLearningRun:
 
     def _select_now(self, request: SelectRequest, predictor: Predictor, ledger: BudgetLedger
                     ) -> tuple[Selection, dict, float]:
-        return self._call(_select, request, self.data, predictor, LedgerView.of(ledger, self.pool_size))
+        return self._call(_select, request, self.data, PackedPredictor.of(predictor),
+                          LedgerView.of(ledger, self.pool_size))
 
     def _evaluate(self, predictor: Predictor, ledger: BudgetLedger, round_: int) -> tuple[dict, float]:
         t0 = time.perf_counter()
         if predictor.on_pixels:
-            probs = self._call(_predict_images, predictor, self.data.images, "test", gpus=self.adapt_gpus)
+            probs = self._call(_predict_images, PackedPredictor.of(predictor), self.data.images, "test", self.plugins,
+                               gpus=self.adapt_gpus)
         else:
             probs = predictor.predict_proba(get(self.data.test_features))
         metrics = evaluate(probs, np.asarray(get(self.data.test_labels)), self.data.task)

@@ -37,7 +37,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from methods.core.encoders import EncoderSpec, parse_encoder
-from methods.preparation import (PreparationInputs, check_outputs, create_preparation, parse_prepared,
+from methods.preparation import (PreparationInputs, check_outputs, create_preparation, prepared_name,
                                  resolved_options)
 
 from .features import ensure_writable
@@ -67,7 +67,7 @@ class PreparedArrays:
 
 def requested_names(requires: Iterable[str]) -> list[str]:
     """The preparation steps named by ``prepared:<name>`` tokens in a plug-in's ``requires``."""
-    return sorted({n for n in (parse_prepared(t) for t in requires) if n})
+    return sorted({n for n in (prepared_name(t) for t in requires) if n})
 
 
 def card_inputs(dataset: str, encoder: str, precision: str = "fp32", pool_features: np.ndarray | None = None,

@@ -107,8 +107,9 @@ def _blackbox_spec(config: SweepConfig, card):
 
 def _preparation_names(config: SweepConfig) -> list[str]:
     """Every preparation step a plug-in of the sweep declares (``prepared:NAME`` in its ``requires``)."""
-    from methods.base import prepared_name
     from methods.registry import ACQUISITIONS, ADAPTATIONS
+
+    from .preparation import requested_names
 
     plugins = []
     for m in config.methods:
@@ -116,7 +117,7 @@ def _preparation_names(config: SweepConfig) -> list[str]:
         for name, opts in [(m.adaptation, m.adaptation_options)] + (
                 [(m.selector.adaptation, m.selector.adaptation_options)] if m.selector else []):
             plugins.append(ADAPTATIONS.create(name, **opts))
-    return sorted({prepared_name(t) for p in plugins for t in p.requires if prepared_name(t)})
+    return requested_names({t for p in plugins for t in p.requires})
 
 
 def _prepared(config: SweepConfig, dataset: str, cache: Path, pool, images) -> dict[str, dict]:

@@ -103,7 +103,7 @@ def test_class_guided_feature_space_and_cold_starts_with_nothing_labelled(name):
     x, y, pred, labelled = _setup(1, n=500)
     ctx = _ctx(x, y, labelled, pred, class_guided=True)
     strategy = ACQUISITIONS.create(name, feature_space="class_guided")
-    assert {"pool_features", "probs", "text_features"} <= strategy.requires
+    assert {"pool_features", "probs", "class_embeddings"} <= strategy.requires
     _assert_valid(_select(name, ctx, 15, seed=2, feature_space="class_guided"), ctx, 15)
     cold = _ctx(x, y, [], pred, class_guided=True)
     for space in ("image", "class_guided"):

@@ -207,10 +207,12 @@ def test_bald_ensemble_without_labels_falls_back_to_dropout():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"mode": "laplace"}, "mode must be"), ({"samples": 1}, "samples must be"), ({"p": 1.0}, "dropout p"),
+    ({"mode": "laplace"}, "mode must be"), ({"samples": 1}, "samples must be"),
+    ({"p": 1.0}, r"p must be in \(0, 1\) \(dropout probability"),
     ({"ensemble_size": 1}, "ensemble_size"), ({"chunk": 0}, "chunk"),
-    ({"probe_options": {"epochs": 0}}, "probe_options: linear_probe: epochs"),
-    ({"probe_options": {"epoch": 5}}, "not LinearProbe options"),
+    ({"probe_options": {"epochs": 0}}, "probe_options: adaptation learner 'linear_probe': epochs"),
+    ({"probe_options": {"epoch": 5}},
+     "probe_options: .*'linear_probe' got unknown option.*'epoch' .*did you mean 'epochs'"),
 ])
 def test_bald_options_are_validated(options, message):
     with pytest.raises(ValueError, match=message):
@@ -414,7 +416,7 @@ def test_pcb_wraps_common_bases_within_budget(base):
 
 @pytest.mark.parametrize("options, message", [
     ({"base": "pcb"}, "base cannot be 'pcb'"), ({"base": "entropyy"}, "did you mean 'entropy'"),
-    ({"base": "coreset", "base_options": {"feature_space": "pixels"}}, "pcb: base 'coreset'.*feature_space"),
+    ({"base": "coreset", "base_options": {"feature_space": "pixels"}}, "'pcb': base 'coreset'.*feature_space"),
     ({"base_options": {"bogus": 1}}, "unknown option"), ({"gamma": 0}, "gamma"),
     ({"within_class": "best"}, "within_class"),
 ])
@@ -506,12 +508,16 @@ def test_bad_input_is_named_with_its_fix_by_check_selection_inputs(case):
 
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_is_named_with_its_fix_by_the_loop_select_task(case):
-    from orchestrator.loop import _select
+    from orchestrator.contexts import LedgerView, TrialData
+    from orchestrator.loop import SelectRequest, _select
 
     spec, x, predictor, labelled, budget, parts = _bad_case(case)
     _, _, w = _blobs(n=60, d=8, k=3)
+    labelled = np.asarray(labelled, np.int64)  # a view built by hand: the ledger itself refuses duplicates
+    view = LedgerView(labelled, np.zeros(len(labelled), np.int64), np.full(len(labelled), "oracle"), {}, len(x))
+    data = TrialData(x, np.zeros(len(x), np.int64), x[:1], np.zeros(1, np.int64), w, "multiclass", 3, "top1")
     with pytest.raises(AcquisitionInputError) as err:
-        _select(spec, x, predictor, labelled, np.zeros(len(labelled), np.int64), len(x), 3, w, 1, budget, 0)
+        _select(SelectRequest(spec, 1, budget, 0), data, predictor, view)
     for part in parts:
         assert part in str(err.value)
 

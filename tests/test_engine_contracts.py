@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from methods.base import (PROBS, POOL_FEATURES, PROVENANCE, UNLABELLED, AcquisitionStrategy, Learner, Predictor,
-                          Selection, predictor_output)
+from methods.base import (ATTRIBUTES, PROBS, POOL_FEATURES, PROVENANCE, UNLABELLED, AcquisitionStrategy, Learner,
+                          Predictor, Selection, predictor_output, prepared)
 from methods.core.predictors import softmax
 from methods.registry import register_acquisition, register_adaptation
 
@@ -98,6 +98,18 @@ class Centroids(Learner):
             if len(rows):
                 centres[c] = 0.5 * centres[c] + 0.5 * rows.mean(0)
         return CentroidPredictor(centres)
+
+
+@register_adaptation("test_attr_centroids")
+class AttrCentroids(Centroids):
+    """Also reads the card's attributes and their embeddings, prepared once per dataset before the sweep."""
+
+    requires = Centroids.requires | {ATTRIBUTES, prepared("attribute_embeddings")}
+
+    def fit(self, train, ctx, rng):
+        arrays = ctx.prepared["attribute_embeddings"]
+        assert ctx.attributes and arrays["positive"].shape[1] == np.shape(ctx.text_features)[1]
+        return super().fit(train, ctx, rng)
 '''
 
 
@@ -195,12 +207,18 @@ def test_pairing_is_checked_before_ray_starts(tmp_path, plugin_file):
 
 def test_file_plugins_run_in_a_real_sweep_and_resume_in_a_fresh_process(tmp_path, plugin_file, session_cache):
     """Plug-in modules have one name in every process, so workers unpickle their predictors and a new driver
-    resumes their checkpoints (the salted hash() of the first version broke both)."""
-    from tests.test_sweep import _metrics_by_hash
+    resumes their checkpoints (the salted hash() of the first version broke both). A failing trial makes
+    the CLI exit 1 while the others finish."""
+    from tests.test_sweep import _trial_runs
 
+    boom = tmp_path / "boom.py"
+    boom.write_text("from methods.base import Learner\nfrom methods.registry import register_adaptation\n"
+                    "@register_adaptation('boom')\nclass Boom(Learner):\n"
+                    "    def fit(self, train, ctx, rng):\n        raise RuntimeError('boom')\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cfg = _write(tmp_path, "plug", plugins=[plugin_file], seeds=[0, 1, 2], max_concurrent=1, cache=str(session_cache),
-                 methods=["test_miner+test_centroids", "test_needs_clean+test_centroids"])
+    cfg = _write(tmp_path, "plug", plugins=[plugin_file, str(boom)], seeds=[0, 1], max_concurrent=1,
+                 cache=str(session_cache),
+                 methods=["test_miner+test_centroids", "test_needs_clean+test_attr_centroids", "random+boom"])
     command = [sys.executable, "experiments/sweep.py", str(cfg), "--no-report"]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -211,21 +229,19 @@ def test_file_plugins_run_in_a_real_sweep_and_resume_in_a_fresh_process(tmp_path
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    metrics, runs = _metrics_by_hash(f"sqlite:///{tmp_path / 'plug' / 'mlflow.db'}", "plug")
-    assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
-    for series in metrics.values():
-        assert [s for s, _ in series["top1"]] == [0, 1, 2]
-    mined = [series["labels_mined"] for series in metrics.values() if "labels_mined" in series]
-    assert len(mined) == 3 and all([v for _, v in m] == [5.0, 5.0] for m in mined)
+    assert done.returncode == 1 and '"failed": 2' in done.stdout, done.stderr[-3000:]
+    client, runs, _ = _trial_runs(f"sqlite:///{tmp_path / 'plug' / 'mlflow.db'}", "plug")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 4 and {r.data.params["adaptation"] for r in runs if r not in finished} == {"boom"}
+    assert len(list(session_cache.glob("prepared/synth-shapes/*/attribute_embeddings-*/manifest.json"))) == 1
 
+    def history(run, key):
+        return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
 
-def test_a_failed_trial_makes_the_cli_exit_non_zero(tmp_path, session_cache):
-    plugin = tmp_path / "boom.py"
-    plugin.write_text("from methods.base import Learner\nfrom methods.registry import register_adaptation\n"
-                      "@register_adaptation('boom')\nclass Boom(Learner):\n"
-                      "    def fit(self, train, ctx, rng):\n        raise RuntimeError('boom')\n")
-    cfg = _write(tmp_path, "boom", plugins=[str(plugin)], methods=["random+boom"], cache=str(session_cache), rounds=1)
-    done = subprocess.run([sys.executable, "experiments/sweep.py", str(cfg), "--no-report"], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 1 and '"failed": 1' in done.stdout
+    assert all([s for s, _ in history(r, "top1")] == [0, 1, 2] for r in finished)  # every round once
+    miners = [r for r in finished if r.data.params["acquisition"] == "test_miner"]
+    assert len(miners) == 2
+    for run in miners:
+        assert history(run, "labels_mined") == [(1, 5.0), (2, 5.0)]
+        assert history(run, "labels_bootstrap") == [(0, 4.0)]
+        assert history(run, "cost_api_calls") == [(1, 2.0), (2, 4.0)]

@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from methods.preparation import (PREPARATIONS, Preparation, PreparationInputs, create_preparation, parse_prepared,
+from methods.preparation import (PREPARATIONS, Preparation, PreparationInputs, create_preparation, prepared_name,
                                  prepared, register_preparation)
 from orchestrator.preparation import (PreparationRequest, card_inputs, compute_preparation, requested_names,
                                       run_preparations)
@@ -48,8 +48,8 @@ def tiny():
 
 def test_tokens_round_trip():
     assert prepared("attribute_embeddings") == "prepared:attribute_embeddings"
-    assert parse_prepared(prepared("attribute_embeddings")) == "attribute_embeddings"
-    assert parse_prepared("pool_features") is None and parse_prepared("prepared:") is None
+    assert prepared_name(prepared("attribute_embeddings")) == "attribute_embeddings"
+    assert prepared_name("pool_features") is None and prepared_name("prepared:") is None
     assert requested_names({"probs", prepared("b"), prepared("a")}) == ["a", "b"]
 
 

@@ -160,3 +160,22 @@ def test_pickled_dataset_images_read_user_pixels_in_a_fresh_process(card_file, t
                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_a_sweep_config_names_a_card_file_and_runs_it(card_file, tmp_path, ray_cluster, session_cache):
+    """`cards: [file]` in a sweep config: validated before Ray work, embedded, and run as real Tune trials."""
+    from orchestrator.config import ConfigError, load_config
+    from orchestrator.sweep import run_sweep
+
+    config = {"name": "user-card", "datasets": [NAME], "methods": ["random+linear_probe"], "rounds": 2,
+              "budgets": {"two": {"kind": "per_round", "count": 2}}, "cards": [str(card_file)],
+              "workdir": str(tmp_path / "run"), "cache": str(session_cache), "retries": 0}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    loaded = load_config(path)
+    assert loaded.trials()[0]["cards"] == [str(card_file.resolve())]
+    outcome = run_sweep(loaded)
+    assert outcome.trials == 1 and not outcome.failed
+    path.write_text(yaml.safe_dump({**config, "cards": [str(tmp_path / "missing.yaml")]}))
+    with pytest.raises(ConfigError, match="could not load dataset cards.*missing.yaml"):
+        load_config(path)

@@ -141,12 +141,12 @@ def test_a_non_vit_image_tower_is_refused_with_a_clear_message():
 
 
 def test_options_are_validated():
-    with pytest.raises(ValueError, match="unknown variant 'wide'.*shallow.*deep"):
+    with pytest.raises(ValueError, match=r"variant must be one of \['shallow', 'deep'\].*got 'wide'"):
         VPT(variant="wide")
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="tokens must be an integer >= 1"):
             VPT(tokens=bad)
-    with pytest.raises(ValueError, match="unknown init"):
+    with pytest.raises(ValueError, match=r"init must be one of \['token-mean', 'xavier', 'normal'\].*got 'orthogonal'"):
         VPT(init="orthogonal")
     with pytest.raises(ValueError, match="unknown recipe 'slow'"):
         VPT(recipe="slow")

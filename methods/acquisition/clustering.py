@@ -10,15 +10,22 @@ from the ``rng`` handed to ``select``; k-means seeds are ``rng.integers(2**31)``
 from __future__ import annotations
 
 import warnings
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from ..base import POOL_FEATURES, PREDICTOR, AcquisitionStrategy, Selection, SelectionContext
-from ..feature_space import features_in_space, space_inputs
+from ..feature_space import FeatureSpace, features_in_space, space_inputs
 from ..kernels.clustering import (TooManyEdges, kmeans, knn, knn_radius_graph, min_dist_to_other_cluster,
                                   nearest_to_centroids, radius_graph)
+from ..options import Int, Number, PluginOptions
 from ..registry import register_acquisition
-from ..validation import check_int
+
+#: The ``feature_space`` option of every clustering and diversity strategy.
+#: Memory for one block of pairwise distances; the kernels never hold more.
+WorkingMB = Annotated[Int, Field(ge=0, description="MiB per block of distances")]
+KmeansIters = Annotated[Int, Field(ge=0, description="Lloyd iterations of k-means")]
 
 
 def _seed(rng: np.random.Generator) -> int:
@@ -70,15 +77,16 @@ class TypiClust(AcquisitionStrategy):
     KMeans/MiniBatchKMeans.
     """
 
-    def __init__(self, feature_space: str = "image", max_clusters: int = 500, k_nn: int = 20,
-                 min_cluster_size: int = 5, kmeans_iters: int = 20, working_mb: int = 256):
-        self.feature_space = feature_space
-        self.requires = space_inputs("typiclust", feature_space)
-        self.max_clusters = check_int("typiclust", "max_clusters", max_clusters, 1)
-        self.k_nn = check_int("typiclust", "k_nn", k_nn, 1)
-        self.min_cluster_size = check_int("typiclust", "min_cluster_size", min_cluster_size, 0)
-        self.kmeans_iters = check_int("typiclust", "kmeans_iters", kmeans_iters, 0)
-        self.working_mb = check_int("typiclust", "working_mb", working_mb, 0)
+    class Options(PluginOptions):
+        feature_space: FeatureSpace = "image"
+        max_clusters: Int = Field(500, ge=1, description="cap on K")
+        k_nn: Int = Field(20, ge=1, description="neighbours of the typicality score")
+        min_cluster_size: Int = Field(5, ge=0, description="clusters of at most this many points are skipped")
+        kmeans_iters: KmeansIters = 20
+        working_mb: WorkingMB = 256
+
+    def configure(self) -> None:
+        self.requires = space_inputs("typiclust", self.feature_space)
 
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
         unlabelled = _check_budget("typiclust", ctx, budget)
@@ -183,36 +191,31 @@ class ProbCover(AcquisitionStrategy):
     with k-means++ seeding.
     """
 
-    def __init__(self, feature_space: str = "image", delta: float | None = None, alpha: float = 0.95,
-                 purity_grid: list[float] | None = None, purity_sample: int | None = 10000,
-                 max_edges: int = 50_000_000, kmeans_iters: int = 20, working_mb: int = 256,
-                 approximate_above: int | None = None, ivf_nprobe: int = 8, graph_sample: int | None = 20000):
-        self.feature_space = feature_space
-        self.graph_sample = None if graph_sample is None else check_int(
-            "probcover", "graph_sample", graph_sample, 1, "or None for the exact graph")
-        self.requires = space_inputs("probcover", feature_space)
-        self.approximate_above = None if approximate_above is None else check_int(
-            "probcover", "approximate_above", approximate_above, 1)
-        self.ivf_nprobe = check_int("probcover", "ivf_nprobe", ivf_nprobe, 1)
-        if delta is not None and (isinstance(delta, bool) or not isinstance(delta, (int, float)) or not delta > 0):
-            raise ValueError(f"probcover: delta must be a positive number or None (purity rule), got {delta!r}")
-        self.delta = None if delta is None else float(delta)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-            raise ValueError(f"probcover: alpha must be in (0, 1), got {alpha!r}")
-        self.alpha = float(alpha)
-        if purity_grid is not None:
-            grid = np.asarray(purity_grid, dtype=np.float64).ravel()
-            if grid.size == 0 or not np.isfinite(grid).all() or (grid <= 0).any():
-                raise ValueError(f"probcover: purity_grid must be a non-empty list of positive radii, "
-                                 f"got {purity_grid!r}")
-            self.purity_grid = sorted(float(g) for g in grid)
-        else:
-            self.purity_grid = None
-        self.purity_sample = None if purity_sample is None else check_int("probcover", "purity_sample",
-                                                                          purity_sample, 1)
-        self.max_edges = check_int("probcover", "max_edges", max_edges, 1)
-        self.kmeans_iters = check_int("probcover", "kmeans_iters", kmeans_iters, 0)
-        self.working_mb = check_int("probcover", "working_mb", working_mb, 0)
+    class Options(PluginOptions):
+        feature_space: FeatureSpace = "image"
+        delta: Number | None = Field(None, gt=0, description="ball radius; None: the purity rule")
+        alpha: Number = Field(0.95, gt=0, lt=1, description="purity the rule asks of the balls")
+        purity_grid: list[Number] | None = Field(None, description="radii the rule tries; None: solved exactly")
+        purity_sample: Int | None = Field(10000, ge=1, description="points purity is measured on; None: all")
+        max_edges: Int = Field(50_000_000, ge=1, description="cap on the graph; beyond it, nearest neighbours")
+        kmeans_iters: KmeansIters = 20
+        working_mb: WorkingMB = 256
+        approximate_above: Int | None = Field(None, ge=1, description="graphs over more points use a faiss IVF "
+                                                                      "index; None: always exact")
+        ivf_nprobe: Int = Field(8, ge=1, description="IVF cells probed")
+        graph_sample: Int | None = Field(20000, ge=1, description="unlabelled points coverage is counted on; "
+                                                                  "None: the exact graph")
+
+        @field_validator("purity_grid")
+        @classmethod
+        def _radii(cls, grid):
+            if grid is not None and (not grid or not all(np.isfinite(g) and g > 0 for g in grid)):
+                raise ValueError(f"purity_grid must be a non-empty list of positive radii, got {grid!r}")
+            return grid
+
+    def configure(self) -> None:
+        self.requires = space_inputs("probcover", self.feature_space)
+        self.purity_grid = None if self.purity_grid is None else sorted(float(g) for g in self.purity_grid)
         self.last_delta: float | None = None  # the radius of the latest selection, for reports
 
     def estimate_delta(self, x: np.ndarray, num_classes: int, rng: np.random.Generator) -> float:
@@ -361,10 +364,12 @@ class Centroid(AcquisitionStrategy):
     (cached CLIP features are already unit-norm).
     """
 
-    def __init__(self, feature_space: str = "image", kmeans_iters: int = 20):
-        self.feature_space = feature_space
-        self.requires = space_inputs("centroid", feature_space)
-        self.kmeans_iters = check_int("centroid", "kmeans_iters", kmeans_iters, 0)
+    class Options(PluginOptions):
+        feature_space: FeatureSpace = "image"
+        kmeans_iters: KmeansIters = 20
+
+    def configure(self) -> None:
+        self.requires = space_inputs("centroid", self.feature_space)
 
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
         unlabelled = _check_budget("centroid", ctx, budget)
@@ -407,21 +412,17 @@ class DropQuery(AcquisitionStrategy):
     differ for the same seed.
     """
 
-    def __init__(self, feature_space: str = "image", dropout: float = 0.75, masks: int = 3,
-                 min_candidates_per_pick: int = 0, kmeans_iters: int = 20, chunk: int = 16384,
-                 backend: str | None = None):
-        if backend not in (None, "numpy", "torch"):
-            raise ValueError(f"dropquery: backend must be 'numpy', 'torch' or None (torch on CUDA), got {backend!r}")
-        self.backend = backend
-        self.feature_space = feature_space
-        self.requires = frozenset({PREDICTOR, POOL_FEATURES}) | space_inputs("dropquery", feature_space)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 < dropout < 1:
-            raise ValueError(f"dropquery: dropout must be in (0, 1), got {dropout!r}")
-        self.dropout = float(dropout)
-        self.masks = check_int("dropquery", "masks", masks, 1)
-        self.min_candidates_per_pick = check_int("dropquery", "min_candidates_per_pick", min_candidates_per_pick, 0)
-        self.kmeans_iters = check_int("dropquery", "kmeans_iters", kmeans_iters, 0)
-        self.chunk = check_int("dropquery", "chunk", chunk, 1)
+    class Options(PluginOptions):
+        feature_space: FeatureSpace = "image"
+        dropout: Number = Field(0.75, gt=0, lt=1, description="rate of the dropout on the features")
+        masks: Int = Field(3, ge=1, description="dropout draws per point")
+        min_candidates_per_pick: Int = Field(0, ge=0, description="the authors' code's threshold lowering; 0: off")
+        kmeans_iters: KmeansIters = 20
+        chunk: Int = Field(16384, ge=1, description="rows per block")
+        backend: Literal["numpy", "torch"] | None = Field(None, description="None: torch on CUDA, else numpy")
+
+    def configure(self) -> None:
+        self.requires = frozenset({PREDICTOR, POOL_FEATURES}) | space_inputs("dropquery", self.feature_space)
 
     def mismatches(self, ctx: SelectionContext, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """How many of the ``masks`` dropout predictions of each row differ from its clean prediction."""
@@ -487,4 +488,4 @@ class DropQuery(AcquisitionStrategy):
 
     def cold_start(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
         """The paper's initial pool: centroid selection in the same feature space."""
-        return Centroid(self.feature_space, self.kmeans_iters).select(ctx, budget, rng)
+        return Centroid(feature_space=self.feature_space, kmeans_iters=self.kmeans_iters).select(ctx, budget, rng)

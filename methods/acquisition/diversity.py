@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
 from ..base import PROBS, AcquisitionStrategy, Selection, SelectionContext
-from ..feature_space import feature_view, space_inputs
+from ..feature_space import FeatureSpace, feature_view, space_inputs
 from ..kernels import badge_kmeanspp, greedy_k_center
+from ..options import Int, PluginOptions
 from ..registry import register_acquisition
-from ..validation import check_int
+from .clustering import WorkingMB
 
 
 @register_acquisition("coreset")
@@ -20,10 +22,12 @@ class CoreSet(AcquisitionStrategy):
     builds the N x L matrix).
     """
 
-    def __init__(self, feature_space: str = "image", working_mb: int = 256):
-        self.feature_space = feature_space
-        self.requires = space_inputs("coreset", feature_space)
-        self.working_mb = int(working_mb)
+    class Options(PluginOptions):
+        feature_space: FeatureSpace = "image"
+        working_mb: WorkingMB = 256
+
+    def configure(self) -> None:
+        self.requires = space_inputs("coreset", self.feature_space)
 
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
         features = feature_view(ctx, self.feature_space)
@@ -43,11 +47,12 @@ class Badge(AcquisitionStrategy):
     keeps every draw exact whatever the budget.
     """
 
-    def __init__(self, feature_space: str = "embedding", max_passes: int | None = 1000):
-        self.feature_space = feature_space
-        self.requires = frozenset({PROBS}) | space_inputs("badge", feature_space)
-        self.max_passes = None if max_passes is None else check_int(
-            "badge", "max_passes", max_passes, 1, "or None for one pass per centre")
+    class Options(PluginOptions):
+        feature_space: FeatureSpace = "embedding"
+        max_passes: Int | None = Field(1000, ge=1, description="None: one pass per centre, exact draws")
+
+    def configure(self) -> None:
+        self.requires = frozenset({PROBS}) | space_inputs("badge", self.feature_space)
 
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
         features = feature_view(ctx, self.feature_space)

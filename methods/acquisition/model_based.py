@@ -14,16 +14,20 @@ never with N x C x T, N x d x C or N^2. Randomness comes only from the
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
 from ..base import (POOL_FEATURES, PREDICTOR, PROBS, TEXT_FEATURES, AcquisitionStrategy, AdaptContext, Predictor,
                     Selection, SelectionContext, TrainSet)
-from ..feature_space import features_in_space, space_inputs
+from ..feature_space import FeatureSpace, features_in_space, space_inputs
 from ..kernels import kmeans
 from ..kernels.clustering import nearest_members
-from ..registry import ACQUISITIONS, register_acquisition
-from ..validation import AcquisitionInputError, check_int
+from ..options import Int, Number, PluginOptions
+from ..registry import ACQUISITIONS, ADAPTATIONS, register_acquisition
+from ..validation import AcquisitionInputError
+from .clustering import WorkingMB
 from .uncertainty import top_k
 
 
@@ -124,28 +128,27 @@ class Bald(AcquisitionStrategy):
     * Selection is top-B, not BatchBALD's joint batch score.
     """
 
-    def __init__(self, mode: str = "mc_dropout", samples: int = 20, p: float = 0.2, ensemble_size: int = 5,
-                 probe_options: dict | None = None, chunk: int = 4096):
-        if mode not in ("mc_dropout", "ensemble"):
-            raise ValueError(f"bald: mode must be 'mc_dropout' or 'ensemble', got {mode!r}")
-        samples = check_int("bald", "samples", samples, 2, "one pass has no disagreement")
-        if not 0.0 < float(p) < 1.0:
-            raise ValueError(f"bald: dropout p must be in (0, 1), got {p!r}")
-        ensemble_size = check_int("bald", "ensemble_size", ensemble_size, 2)
-        chunk = check_int("bald", "chunk", chunk, 1, "rows per block")
-        probe_options = dict(probe_options or {})
-        from ..adaptation.linear_probe import LinearProbe
+    class Options(PluginOptions):
+        mode: Literal["mc_dropout", "ensemble"] = "mc_dropout"
+        samples: Int = Field(20, ge=2, description="dropout passes; one pass has no disagreement")
+        p: Number = Field(0.2, gt=0, lt=1, description="dropout probability on the features")
+        ensemble_size: Int = Field(5, ge=2, description="bootstrapped probes")
+        probe_options: dict | None = Field(None, description="linear_probe options of the ensemble's heads")
+        chunk: Int = Field(4096, ge=1, description="rows per block")
 
-        try:
-            LinearProbe(**probe_options)
-        except TypeError as err:
-            raise ValueError(f"bald: probe_options are not LinearProbe options ({err})") from None
-        except ValueError as err:
-            raise ValueError(f"bald: probe_options: {err}") from None
-        self.mode, self.samples, self.p = mode, samples, float(p)
-        self.ensemble_size, self.probe_options, self.chunk = ensemble_size, probe_options, chunk
+        @field_validator("probe_options")
+        @classmethod
+        def _probe(cls, options):
+            try:
+                ADAPTATIONS.resolve_options("linear_probe", options or {})
+            except ValueError as err:
+                raise ValueError(f"probe_options: {err}") from None
+            return options
+
+    def configure(self) -> None:
+        self.probe_options = dict(self.probe_options or {})
         self.requires = frozenset({PREDICTOR, POOL_FEATURES}) | (
-            frozenset({TEXT_FEATURES}) if mode == "ensemble" else frozenset())
+            frozenset({TEXT_FEATURES}) if self.mode == "ensemble" else frozenset())
 
     def _heads(self, ctx: SelectionContext, rng: np.random.Generator) -> list[Predictor]:
         import torch
@@ -347,22 +350,20 @@ class AlfaMix(AcquisitionStrategy):
     is a flip of the full rule, and the tests measure how many it misses.
     """
 
-    def __init__(self, alpha_cap: float = 0.2, alpha_search: str = "auto", alpha_grid: int = 4,
-                 fill: str = "random", feature_space: str = "image", working_mb: int = 256,
-                 anchors_per_point: int | None = None):
-        self.anchors_per_point = None if anchors_per_point is None else check_int(
-            "alfamix", "anchors_per_point", anchors_per_point, 1, "or None for every anchor")
-        if not 0.0 < float(alpha_cap) <= 1.0:
-            raise ValueError(f"alfamix: alpha_cap must be in (0, 1], got {alpha_cap!r}")
-        if alpha_search not in ("auto", "gradient", "grid"):
-            raise ValueError(f"alfamix: alpha_search must be 'auto', 'gradient' or 'grid', got {alpha_search!r}")
-        alpha_grid = check_int("alfamix", "alpha_grid", alpha_grid, 1, "levels tried")
-        if fill not in ("random", "margin"):
-            raise ValueError(f"alfamix: fill must be 'random' or 'margin', got {fill!r}")
-        working_mb = check_int("alfamix", "working_mb", working_mb, 0)
-        self.alpha_cap, self.alpha_search, self.alpha_grid = float(alpha_cap), alpha_search, alpha_grid
-        self.fill, self.feature_space, self.working_mb = fill, feature_space, working_mb
-        self.requires = frozenset({PREDICTOR, POOL_FEATURES, TEXT_FEATURES}) | space_inputs("alfamix", feature_space)
+    class Options(PluginOptions):
+        alpha_cap: Number = Field(0.2, gt=0, le=1, description="the largest mixing coefficient")
+        alpha_search: Literal["auto", "gradient", "grid"] = Field(
+            "auto", description="auto: gradient for a linear head, else grid")
+        alpha_grid: Int = Field(4, ge=1, description="levels tried by the grid search")
+        fill: Literal["random", "margin"] = Field("random", description="how a short candidate set is filled")
+        feature_space: FeatureSpace = "image"
+        working_mb: WorkingMB = 256
+        anchors_per_point: Int | None = Field(None, ge=1, description="anchors of the k most probable classes; "
+                                                                       "None: every anchor")
+
+    def configure(self) -> None:
+        space = space_inputs("alfamix", self.feature_space)
+        self.requires = frozenset({PREDICTOR, POOL_FEATURES, TEXT_FEATURES}) | space
 
     def _search(self, predictor: Predictor) -> str:
         linear = predictor.linear_head() is not None
@@ -462,27 +463,36 @@ class PseudoClassBalance(AcquisitionStrategy):
     return are dropped (PCB queries its picks).
     """
 
-    def __init__(self, base: str = "badge", base_options: dict | None = None, gamma: float = 0.1,
-                 within_class: str = "random", max_candidates: int | None = None):
-        if not isinstance(base, str):
-            raise ValueError(f"pcb: base must be a strategy name, got {base!r}")
-        if base == "pcb":
-            raise ValueError("pcb: base cannot be 'pcb' itself; pick the strategy PCB re-balances, e.g. 'badge'")
-        if base_options is not None and not isinstance(base_options, dict):
-            raise ValueError(f"pcb: base_options must be a dict of the base strategy's options, got {base_options!r}")
-        if not 0.0 < float(gamma) <= 1.0:
-            raise ValueError(f"pcb: gamma (candidate fraction of the unlabelled pool) must be in (0, 1], got {gamma!r}")
-        if within_class not in ("random", "base_order"):
-            raise ValueError(f"pcb: within_class must be 'random' or 'base_order', got {within_class!r}")
-        try:
-            self.base = ACQUISITIONS.create(base, **(base_options or {}))
-        except KeyError as err:
-            raise ValueError(f"pcb: base: {err.args[0]}") from None
-        except ValueError as err:
-            raise ValueError(f"pcb: base {base!r}: {err}") from None
-        self.max_candidates = None if max_candidates is None else check_int(
-            "pcb", "max_candidates", max_candidates, 1, "or None for no cap")
-        self.base_name, self.gamma, self.within_class = base, float(gamma), within_class
+    class Options(PluginOptions):
+        base: str = Field("badge", description="the registered strategy whose picks are re-balanced")
+        base_options: dict | None = Field(None, description="the base strategy's options")
+        gamma: Number = Field(0.1, gt=0, le=1, description="candidate fraction of the unlabelled pool")
+        within_class: Literal["random", "base_order"] = Field(
+            "random", description="which of a class's candidates goes first")
+        max_candidates: Int | None = Field(None, ge=1, description="cap on the candidates; None: no cap")
+
+        @field_validator("base")
+        @classmethod
+        def _registered(cls, base):
+            if base == "pcb":
+                raise ValueError("base cannot be 'pcb' itself; pick the strategy PCB re-balances, e.g. 'badge'")
+            try:
+                ACQUISITIONS.get(base)
+            except KeyError as err:
+                raise ValueError(f"base: {err.args[0]}") from None
+            return base
+
+        @model_validator(mode="after")
+        def _base_options(self):
+            try:
+                ACQUISITIONS.resolve_options(self.base, self.base_options or {})
+            except ValueError as err:
+                raise ValueError(f"base {self.base!r}: {err}") from None
+            return self
+
+    def configure(self) -> None:
+        self.base_name = self.options.base
+        self.base = ACQUISITIONS.create(self.base_name, **(self.base_options or {}))
         self.requires = frozenset(self.base.requires) | {PROBS}
 
     def candidate_count(self, unlabelled: int, budget: int) -> int:

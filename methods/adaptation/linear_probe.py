@@ -13,29 +13,30 @@ classes. With those defaults the probe gains on average over zero-shot from
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+from pydantic import Field
 
 from ..base import TEXT_FEATURES, AdaptContext, Learner, Predictor, TrainSet
-from ..registry import register_adaptation
 from ..core.predictors import LinearPredictor
+from ..options import Int, Number, PluginOptions
+from ..registry import register_adaptation
 
 
 @register_adaptation("linear_probe")
 class LinearProbe(Learner):
     requires = frozenset({TEXT_FEATURES})
 
-    def __init__(self, init: str = "text", epochs: int = 100, lr: float = 0.01, weight_decay: float = 1e-4,
-                 text_anchor: float = 1.0, temperature: float = 0.01, pseudo_weight: float = 1.0,
-                 fit_bias: bool = False):
-        if init not in ("text", "zeros"):
-            raise ValueError(f"linear_probe: init must be 'text' or 'zeros', got {init!r}")
-        for key, value in (("epochs", epochs), ("lr", lr), ("temperature", temperature)):
-            if value <= 0:
-                raise ValueError(f"linear_probe: {key} must be > 0, got {value}")
-        self.init, self.epochs, self.lr = init, int(epochs), float(lr)
-        self.weight_decay, self.text_anchor = float(weight_decay), float(text_anchor)
-        self.temperature, self.pseudo_weight = float(temperature), float(pseudo_weight)
-        self.fit_bias = bool(fit_bias)
+    class Options(PluginOptions):
+        init: Literal["text", "zeros"] = Field("text", description="start from the class text embeddings or zeros")
+        epochs: Int = Field(100, ge=1, description="full-batch AdamW steps")
+        lr: Number = Field(0.01, gt=0)
+        weight_decay: Number = 1e-4
+        text_anchor: Number = Field(1.0, description="L2 pull of the weights towards the text classifier")
+        temperature: Number = Field(0.01, gt=0, description="logits are divided by it")
+        pseudo_weight: Number = Field(1.0, description="loss weight of pseudo-labelled rows")
+        fit_bias: bool = False
 
     def fit(self, train: TrainSet, ctx: AdaptContext, rng: np.random.Generator) -> Predictor:
         import torch

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
 from ..base import TEXT_FEATURES, AdaptContext, Learner, Predictor, TrainSet
 # LinearPredictor is re-exported: checkpoints written before it moved to methods.core name it
 # methods.adaptation.zeroshot:LinearPredictor.
 from ..core.predictors import DEFAULT_TEMPERATURE, LinearPredictor, softmax  # noqa: F401
+from ..options import Number, PluginOptions
 from ..registry import register_adaptation
 
 
@@ -17,10 +19,8 @@ class ZeroShot(Learner):
 
     requires = frozenset({TEXT_FEATURES})
 
-    def __init__(self, temperature: float = DEFAULT_TEMPERATURE):
-        if temperature <= 0:
-            raise ValueError(f"zeroshot: temperature must be > 0, got {temperature}")
-        self.temperature = temperature
+    class Options(PluginOptions):
+        temperature: Number = Field(DEFAULT_TEMPERATURE, gt=0, description="softmax temperature, CLIP's 1/100")
 
     def fit(self, train: TrainSet, ctx: AdaptContext, rng: np.random.Generator) -> Predictor:
         text = np.asarray(ctx.text_features, dtype=np.float32)

@@ -16,23 +16,39 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import AfterValidator, Field
 
 from ...base import DESCRIPTIONS, TEXT_FEATURES, AdaptContext, Learner, Predictor, TrainSet
 from ...core.devices import pick_device
 from ...core.predictors import LinearPredictor, softmax
+from ...options import Int, Number
 from ...registry import register_adaptation, with_defaults
 from .model import frozen_clip, logit_scale
-from .recipes import resolve_recipe, train
+from .recipes import RecipeOptions, train
 from .text import POSITIONS, PromptedTextEncoder, build_layout
 
 DESCRIPTION_MODES = ("none", "ensemble")
 
 
+def _ctx_init(words: str | None) -> str | None:
+    if words and "{" in words and (words.count("{}") != 1 or words.count("{") != 1):
+        raise ValueError(f"ctx_init {words!r} must be words ('a photo of a') or a template "
+                         "with exactly one '{}' slot ('a photo of a {}.')")
+    return words
+
+
+#: The ``ctx_init`` option of the text-prompt learners and MaPLe.
+CtxInit = Annotated[str | None, AfterValidator(_ctx_init),
+                    Field(description="words (or a template's words before '{}') that initialise the context; "
+                                      "None: n_ctx random vectors")]
+
+
 @dataclass
 class PromptSettings:
-    """How the prompts are laid out and initialised; shared by every text-prompt learner."""
+    """How the prompts are laid out and initialised; shared by every text-prompt learner (validated as options)."""
 
     n_ctx: int = 16
     ctx_init: str | None = "a photo of a"
@@ -40,18 +56,6 @@ class PromptSettings:
     descriptions: str = "none"
     init_std: float = 0.02
     class_chunk: int = 256
-
-    def validate(self, owner: str) -> None:
-        if self.class_position not in POSITIONS:
-            raise ValueError(f"{owner}: class_position must be one of {POSITIONS}, got {self.class_position!r}")
-        if self.descriptions not in DESCRIPTION_MODES:
-            raise ValueError(f"{owner}: descriptions must be one of {DESCRIPTION_MODES}, got {self.descriptions!r}")
-        if self.n_ctx < 1:
-            raise ValueError(f"{owner}: n_ctx must be >= 1, got {self.n_ctx}")
-        if self.ctx_init and "{" in self.ctx_init:
-            if self.ctx_init.count("{}") != 1 or self.ctx_init.count("{") != 1:
-                raise ValueError(f"{owner}: ctx_init {self.ctx_init!r} must be words ('a photo of a') or a template "
-                                 "with exactly one '{}' slot ('a photo of a {}.')")
 
     @property
     def init_words(self) -> str | None:
@@ -100,21 +104,28 @@ class _TextPromptLearner(Learner):
     num_gpus = 1.0  # gets the trial's GPU when it has one (class prompts at C = 1,000 are GPU work)
     contexts: tuple[str, ...] = ("unified",)
 
-    def __init__(self, n_ctx: int = 16, ctx_init: str | None = "a photo of a", class_position: str = "end",
-                 descriptions: str = "none", recipe: str = "coop_al", epochs: int | None = None,
-                 lr: float | None = None, batch_size: int | None = None, weight_decay: float | None = None,
-                 reinit: bool = True, temperature: float | None = None, class_chunk: int = 256,
-                 init_std: float = 0.02):
-        self.prompt = PromptSettings(int(n_ctx), ctx_init, class_position, descriptions, float(init_std),
-                                     int(class_chunk))
-        self.prompt.validate(self.name)
-        if descriptions == "ensemble":
+    class Options(RecipeOptions):
+        n_ctx: Int = Field(16, ge=1, description="context vectors when ctx_init is None")
+        ctx_init: CtxInit = "a photo of a"
+        class_position: Literal[POSITIONS] = "end"
+        descriptions: Literal[DESCRIPTION_MODES] = Field(
+            "none", description="ensemble: average the prompts of the card's class descriptions")
+        recipe: str = Field("coop_al", description="a preset of recipes.PRESETS")
+        epochs: Int | None = Field(None, description="None: the recipe's")
+        lr: Number | None = Field(None, description="None: the recipe's")
+        batch_size: Int | None = Field(None, description="None: the recipe's")
+        weight_decay: Number | None = Field(None, description="None: the recipe's")
+        reinit: bool = Field(True, description="fresh prompts every round; false: continue from the last round's")
+        temperature: Number | None = Field(None, gt=0, description="None: the model's logit scale")
+        class_chunk: Int = Field(256, ge=1, description="classes per text-tower batch")
+        init_std: Number = Field(0.02, ge=0, description="std of random context vectors")
+
+    def configure(self) -> None:
+        self.prompt = PromptSettings(self.n_ctx, self.ctx_init, self.class_position, self.descriptions,
+                                     float(self.init_std), self.class_chunk)
+        if self.descriptions == "ensemble":
             self.requires = self.requires | {DESCRIPTIONS}
-        self.recipe = resolve_recipe(self.name, recipe, {"epochs": epochs, "lr": lr, "batch_size": batch_size,
-                                                         "weight_decay": weight_decay})
-        if temperature is not None and temperature <= 0:
-            raise ValueError(f"{self.name}: temperature must be > 0 (None = the model's logit scale)")
-        self.temperature, self.reinit = temperature, bool(reinit)
+        self.recipe = self.options.training_recipe()
 
     def _setup(self, ctx: AdaptContext, rng: np.random.Generator):
         import torch

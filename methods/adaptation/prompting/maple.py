@@ -23,13 +23,14 @@ depth), compound prompts ~ N(0, 0.02), SGD lr 0.0035, batch 4, 5 epochs.
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
 from ...base import IMAGE_PREDICTOR_PROVIDES, IMAGES, TEXT_FEATURES, AdaptContext, Learner, TrainSet
 from ...core.devices import pick_device
+from ...options import Int, Number
 from ...registry import register_adaptation
-from ...validation import check_int
 from . import recipes
-from .coop import PromptSettings
+from .coop import CtxInit, PromptSettings
 from .model import frozen_clip, logit_scale
 from .text import PromptedTextEncoder
 from .vpt import VPTPredictor, random_resized_crop_flip
@@ -43,18 +44,22 @@ class MaPLe(Learner):
     provides = IMAGE_PREDICTOR_PROVIDES
     num_gpus = 1.0
 
-    def __init__(self, depth: int = 9, ctx_init: str | None = "a photo of a", n_ctx: int = 2, init_std: float = 0.02,
-                 recipe: str = "maple", epochs: int | None = None, lr: float | None = None,
-                 batch_size: int | None = None, weight_decay: float | None = None, augment: bool | None = None,
-                 temperature: float | None = None):
-        check_int("maple", "depth", depth, 1)
-        if temperature is not None and not temperature > 0:
-            raise ValueError(f"maple: temperature must be > 0 (None = the model's logit scale), got {temperature!r}")
-        self.prompt = PromptSettings(int(n_ctx), ctx_init, "end", "none", float(init_std))
-        self.prompt.validate("maple")
-        self.recipe = recipes.resolve_recipe("maple", recipe, {"epochs": epochs, "lr": lr, "batch_size": batch_size,
-                                                              "weight_decay": weight_decay, "augment": augment})
-        self.depth, self.temperature = int(depth), temperature
+    class Options(recipes.RecipeOptions):
+        depth: Int = Field(9, ge=1, description="prompted blocks J, capped by the towers' depth")
+        ctx_init: CtxInit = "a photo of a"
+        n_ctx: Int = Field(2, ge=1, description="context vectors when ctx_init is None")
+        init_std: Number = Field(0.02, ge=0, description="std of the compound prompts (and a random context)")
+        recipe: str = Field("maple", description="a preset of recipes.PRESETS")
+        epochs: Int | None = Field(None, description="None: the recipe's")
+        lr: Number | None = Field(None, description="None: the recipe's")
+        batch_size: Int | None = Field(None, description="None: the recipe's")
+        weight_decay: Number | None = Field(None, description="None: the recipe's")
+        augment: bool | None = Field(None, description="random resized crop and flip; None: the recipe's")
+        temperature: Number | None = Field(None, gt=0, description="None: the model's logit scale")
+
+    def configure(self) -> None:
+        self.prompt = PromptSettings(self.n_ctx, self.ctx_init, "end", "none", float(self.init_std))
+        self.recipe = self.options.training_recipe()
 
     def fit(self, train: TrainSet, ctx: AdaptContext, rng: np.random.Generator) -> VPTPredictor:
         import torch

@@ -12,7 +12,9 @@ import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ...options import PluginOptions
 
 
 class Recipe(BaseModel):
@@ -50,20 +52,37 @@ PRESETS: dict[str, Recipe] = {
 }
 
 
-def resolve_recipe(owner: str, name: str, overrides: dict) -> Recipe:
+def resolve_recipe(name: str, overrides: dict) -> Recipe:
+    """Preset ``name`` with the ``overrides`` that are not None; the plug-in's message names the plug-in."""
     if name not in PRESETS:
-        raise ValueError(f"{owner}: unknown recipe {name!r}; known: {sorted(PRESETS)}")
+        raise ValueError(f"unknown recipe {name!r}; known: {sorted(PRESETS)}")
     unknown = sorted(set(overrides) - set(Recipe.model_fields))
     if unknown:
-        raise ValueError(f"{owner}: unknown recipe field(s) {unknown}; known: {sorted(Recipe.model_fields)}")
-    from pydantic import ValidationError
-
+        raise ValueError(f"unknown recipe field(s) {unknown}; known: {sorted(Recipe.model_fields)}")
     merged = {**PRESETS[name].model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return Recipe.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"{owner}: invalid recipe setting(s): {problems}") from None
+        raise ValueError(f"invalid recipe setting(s): {problems}") from None
+
+
+class RecipeOptions(PluginOptions):
+    """Options of a learner that trains with a preset (``recipe``) and overrides of its fields.
+
+    Subclasses declare ``recipe`` and the overridable fields they offer
+    (``epochs``, ``lr``, ...; None keeps the preset's); the merged recipe is
+    checked with the other options, so a bad override fails at construction.
+    """
+
+    def training_recipe(self) -> Recipe:
+        fields = set(type(self).model_fields) & set(Recipe.model_fields)
+        return resolve_recipe(self.recipe, {k: getattr(self, k) for k in sorted(fields)})
+
+    @model_validator(mode="after")
+    def _recipe(self):
+        self.training_recipe()
+        return self
 
 
 def learning_rate(recipe: Recipe, epoch: int) -> float:

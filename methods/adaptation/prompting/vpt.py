@@ -58,16 +58,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
-
+from pydantic import Field
 
 from ...base import (IMAGE_PREDICTOR_PROVIDES, IMAGES, TEXT_FEATURES, AdaptContext, ImageAccess, ImagePredictor,
                      Learner, TrainSet)
 from ...core.devices import pick_device
 from ...core.predictors import unit_rows
+from ...options import Int, Number
 from ...registry import register_adaptation
-from ...validation import check_int
 from . import recipes
 from .model import frozen_clip, logit_scale
 
@@ -245,35 +246,25 @@ class VPT(Learner):
     provides = IMAGE_PREDICTOR_PROVIDES
     num_gpus = 1.0
 
-    def __init__(self, variant: str = "shallow", tokens: int = 8, init: str = "token-mean", init_std: float = 0.02,
-                 recipe: str = "fast", epochs: int | None = None, lr: float | None = None,
-                 batch_size: int | None = None, weight_decay: float | None = None, augment: bool | None = None,
-                 temperature: float | None = None, reinit: bool = True, grad_checkpointing: bool = False,
-                 head: str = "text", head_lr: float = 0.01):
-        if variant not in VARIANTS:
-            raise ValueError(f"vpt: unknown variant {variant!r}; choose one of {list(VARIANTS)}")
-        check_int("vpt", "tokens", tokens, 1)
-        if init not in INITS:
-            raise ValueError(f"vpt: unknown init {init!r}; choose one of {list(INITS)}")
-        if not init_std >= 0:
-            raise ValueError(f"vpt: init_std must be >= 0, got {init_std!r}")
-        if temperature is not None and not temperature > 0:
-            raise ValueError(f"vpt: temperature must be > 0 (or None for the model's logit scale), got {temperature!r}")
-        overrides = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
-                     "augment": augment}
-        self.recipe = recipes.resolve_recipe("vpt", recipe, overrides)
-        if head not in HEADS:
-            raise ValueError(f"vpt: head must be one of {list(HEADS)}, got {head!r}")
-        if not head_lr > 0:
-            raise ValueError(f"vpt: head_lr must be > 0, got {head_lr!r}")
-        self.head, self.head_lr = head, float(head_lr)
-        self.variant = variant
-        self.tokens = int(tokens)
-        self.init = init
-        self.init_std = float(init_std)
-        self.temperature = temperature
-        self.reinit = bool(reinit)
-        self.grad_checkpointing = bool(grad_checkpointing)
+    class Options(recipes.RecipeOptions):
+        variant: Literal[VARIANTS] = Field("shallow", description="prompts at the first block only, or at every block")
+        tokens: Int = Field(8, ge=1, description="prompt tokens per prompted block")
+        init: Literal[INITS] = Field("token-mean", description="how prompts start, see the module docstring")
+        init_std: Number = Field(0.02, ge=0, description="std of the initial noise")
+        recipe: str = Field("fast", description="a preset of recipes.PRESETS")
+        epochs: Int | None = Field(None, description="None: the recipe's")
+        lr: Number | None = Field(None, description="None: the recipe's")
+        batch_size: Int | None = Field(None, description="None: the recipe's")
+        weight_decay: Number | None = Field(None, description="None: the recipe's")
+        augment: bool | None = Field(None, description="random resized crop and flip; None: the recipe's")
+        temperature: Number | None = Field(None, gt=0, description="None: the model's logit scale")
+        reinit: bool = Field(True, description="fresh prompts every round; false: continue from the last round's")
+        grad_checkpointing: bool = Field(False, description="recompute block activations to save GPU memory")
+        head: Literal[HEADS] = Field("text", description="the classifier: fixed text embeddings or learned from them")
+        head_lr: Number = Field(0.01, gt=0, description="learning rate of a learned head")
+
+    def configure(self) -> None:
+        self.recipe = self.options.training_recipe()
 
     def _start(self, ctx: AdaptContext, tower, n_layers: int, pixels, generator):
         import torch

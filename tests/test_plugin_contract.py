@@ -1,0 +1,124 @@
+"""One contract for every registered plug-in, in the spirit of scikit-activeml's template tests.
+
+For each strategy and each learner in the registries, on a small real pool
+(synth-shapes pixels embedded by the shipped tiny CLIP): a seeded run is
+reproducible, cold start works, every declared input is needed (dropping it
+breaks or changes the selection) and nothing undeclared is given, the
+predictor's state round-trips through a checkpoint with its class embeddings,
+and a bad option is refused. A new plug-in is covered by adding its file.
+"""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from methods.base import (BLACKBOX, CLASS_EMBEDDINGS, EMBEDDINGS, IMAGES, POOL_FEATURES, PREDICTOR, PROBS,
+                          PROVENANCE, TEXT_FEATURES, output_name)
+from methods.registry import ACQUISITIONS, ADAPTATIONS
+from orchestrator.budget import BudgetLedger, PerRound
+from orchestrator.contexts import LedgerView, TrialData, selection_context
+from orchestrator.loop import ActiveLearningRun, AdaptRequest, _adapt
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FIELD_OF = {POOL_FEATURES: "pool_features", PROBS: "probs", TEXT_FEATURES: "text_features",
+            CLASS_EMBEDDINGS: "class_embeddings", EMBEDDINGS: "embeddings", PREDICTOR: "predictor",
+            IMAGES: "images", BLACKBOX: "blackbox", PROVENANCE: "labelled_sources"}
+
+
+@pytest.fixture(scope="module")
+def tiny_data() -> TrialData:
+    """120 pool and 40 test images of synth-shapes, embedded in-process by the tiny CLIP (no Ray needed)."""
+    from datasets.registry import get_card
+    from methods.core.encoders import load_encoder
+    from orchestrator.images import DatasetImages
+    from orchestrator.zeroshot import class_embeddings
+
+    card = get_card("synth-shapes")
+    sizes = {"sizes": {"train": 120, "test": 40}}
+    images = DatasetImages("synth-shapes", {"pool": "train", "test": "test"},
+                           {"pool": np.arange(120), "test": np.arange(40)}, "tiny-clip", sizes)
+    encoder = load_encoder("tiny-clip")
+    feats = {s: encoder.encode_images(images.pixels(s, np.arange(images.size(s)))).numpy() for s in ("pool", "test")}
+    labels = {s: np.asarray(images._source_and_transform(s)[0].labels)[: images.size(s)] for s in ("pool", "test")}
+    templates = card.prompts()
+    text = encoder.encode_texts([t.format(c) for t in templates for c in card.classes]).numpy()
+    return TrialData(feats["pool"], labels["pool"], feats["test"], labels["test"],
+                     class_embeddings(text.reshape(len(templates), len(card.classes), -1)), "multiclass",
+                     card.num_classes, "top1", class_names=list(card.classes), templates=templates,
+                     attributes={c: a.model_dump() for c, a in card.attributes.items()}, images=images)
+
+
+def _fast(name: str) -> dict:
+    """Options that keep any learner's fit to seconds: one or two epochs where it has epochs."""
+    return {"epochs": 2} if "epochs" in ADAPTATIONS.resolve_options(name, {}) else {}
+
+
+def _run(data, acq, ada, cold="none", rounds=2):
+    return ActiveLearningRun((acq, {}), (ada, _fast(ada)), PerRound(count=6), rounds, seed=5, data=data,
+                             cold_start=cold, remote=False)
+
+
+def _history(run):
+    return [({k: v for k, v in m.items() if not k.startswith("seconds")}, q) for _, m, q in run.rounds()]
+
+
+@pytest.mark.parametrize("name", ACQUISITIONS.names())
+def test_strategy_is_seeded_cold_starts_and_needs_what_it_declares(tiny_data, name):
+    first = _history(_run(tiny_data, name, "linear_probe"))
+    np.testing.assert_equal(first, _history(_run(tiny_data, name, "linear_probe")))
+    cold = _history(_run(tiny_data, name, "linear_probe", cold="method", rounds=1))
+    assert len(cold[1][1]) == 6
+    strategy = ACQUISITIONS.create(name)
+    predictor = ADAPTATIONS.create("zeroshot").fit(None, _zeroshot_ctx(tiny_data), None)
+    view = LedgerView.of(BudgetLedger(), len(tiny_data.pool_labels))
+    ctx = selection_context(strategy.requires, tiny_data, predictor, view, 1, None)
+    base = strategy.select(ctx, 6, np.random.default_rng(0)).indices
+    for token in strategy.requires:
+        field = "outputs" if output_name(token) else FIELD_OF[token]
+        reduced = replace(ctx, **{field: {} if field == "outputs" else None})
+        try:
+            picked = strategy.select(reduced, 6, np.random.default_rng(0)).indices
+        except Exception:
+            continue  # it needed the input
+        assert not np.array_equal(picked, base), f"{name} declares {token!r} but selects the same without it"
+
+
+def _zeroshot_ctx(data):
+    from methods.base import AdaptContext
+
+    return AdaptContext(data.num_classes, 0, data.text_features)
+
+
+@pytest.mark.parametrize("name", ADAPTATIONS.names())
+def test_learner_is_seeded_round_trips_and_refuses_bad_options(tiny_data, name):
+    ledger = BudgetLedger()
+    ledger.query(np.arange(0, 120, 4), tiny_data.pool_labels[::4])
+    request = AdaptRequest((name, _fast(name)), 1, seed=2)
+    predictor = _adapt(request, tiny_data, ledger, None)[0].unpack()
+    again = _adapt(request, tiny_data, ledger, None)[0].unpack()
+    restored = type(predictor).from_state(predictor.state())
+
+    def scores(p):
+        if p.on_pixels:
+            return p.predict_proba_images(tiny_data.images, "test")
+        return p.predict_proba(tiny_data.test_features)
+
+    np.testing.assert_allclose(scores(predictor), scores(again), atol=1e-5)
+    np.testing.assert_allclose(scores(restored), scores(predictor), atol=1e-5)
+    emb = predictor.class_embeddings()
+    assert emb.shape[0] == tiny_data.num_classes and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+    np.testing.assert_allclose(restored.class_embeddings(), emb, atol=1e-5)
+    with pytest.raises(ValueError, match=name):
+        ADAPTATIONS.create(name, no_such_option=1)
+
+
+@pytest.mark.parametrize("registry", [ACQUISITIONS, ADAPTATIONS], ids=["strategies", "learners"])
+def test_every_option_refuses_a_value_of_the_wrong_kind(registry):
+    class Nonsense:
+        pass
+
+    for name in registry.names():
+        for option in registry.resolve_options(name, {}):
+            with pytest.raises((ValueError, TypeError), match=name):
+                registry.create(name, **{option: Nonsense()})
