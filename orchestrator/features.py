@@ -145,7 +145,8 @@ class SplitCache:
         return CachedSplit(features, labels, indices, manifest, self.directory)
 
 
-def features_checksum(path: Path) -> str:
+def file_checksum(path: Path) -> str:
+    """sha256 of a file read in 4 MiB blocks (feature caches, prepared arrays)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -432,7 +433,7 @@ def _consolidate(cache: SplitCache, source, spec: EncoderSpec, dataset: str, opt
         "version": MANIFEST_VERSION, "dataset": dataset, "split": source.split, "source": source.identity(),
         "encoder": {"name": spec.name, "key": spec.key, "model": spec.model, "precision": spec.precision},
         "preprocess": repr(build_preprocess(spec)), "count": count, "dim": dim, "dtype": options.dtype,
-        "skipped": skipped, "checksum": features_checksum(feat_path), "seconds": round(seconds, 2),
+        "skipped": skipped, "checksum": file_checksum(feat_path), "seconds": round(seconds, 2),
         "resumed_shards": resumed_shards, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     _atomic_write_bytes(cache.manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
@@ -443,7 +444,7 @@ def _consolidate(cache: SplitCache, source, spec: EncoderSpec, dataset: str, opt
 
 def verify(split: CachedSplit) -> bool:
     """Full checksum check of a cache (slow at ImageNet scale; the loader checks shapes only)."""
-    return features_checksum(split.directory / "features.npy") == split.manifest["checksum"]
+    return file_checksum(split.directory / "features.npy") == split.manifest["checksum"]
 
 
 # ---------------------------------------------------------------- text side

@@ -40,7 +40,7 @@ from methods.core.encoders import EncoderSpec, parse_encoder
 from methods.preparation import (PreparationInputs, check_outputs, create_preparation, prepared_name,
                                  resolved_options)
 
-from .features import ensure_writable
+from .features import ensure_writable, file_checksum
 
 log = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
@@ -102,14 +102,6 @@ def compute_preparation(name: str, options: dict, inputs: PreparationInputs, see
     """Run one step: a plain function of its arguments, so it can run on the driver or in a Ray task."""
     step = create_preparation(name, options)
     return check_outputs(name, step.run(inputs, np.random.default_rng(seed)))
-
-
-def file_checksum(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -111,10 +111,6 @@ class _TextPromptLearner(Learner):
         descriptions: Literal[DESCRIPTION_MODES] = Field(
             "none", description="ensemble: average the prompts of the card's class descriptions")
         recipe: str = Field("coop_al", description="a preset of recipes.PRESETS")
-        epochs: Int | None = Field(None, description="None: the recipe's")
-        lr: Number | None = Field(None, description="None: the recipe's")
-        batch_size: Int | None = Field(None, description="None: the recipe's")
-        weight_decay: Number | None = Field(None, description="None: the recipe's")
         reinit: bool = Field(True, description="fresh prompts every round; false: continue from the last round's")
         temperature: Number | None = Field(None, gt=0, description="None: the model's logit scale")
         class_chunk: Int = Field(256, ge=1, description="classes per text-tower batch")

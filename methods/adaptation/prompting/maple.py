@@ -44,17 +44,12 @@ class MaPLe(Learner):
     provides = IMAGE_PREDICTOR_PROVIDES
     num_gpus = 1.0
 
-    class Options(recipes.RecipeOptions):
+    class Options(recipes.ImageRecipeOptions):
         depth: Int = Field(9, ge=1, description="prompted blocks J, capped by the towers' depth")
         ctx_init: CtxInit = "a photo of a"
         n_ctx: Int = Field(2, ge=1, description="context vectors when ctx_init is None")
         init_std: Number = Field(0.02, ge=0, description="std of the compound prompts (and a random context)")
         recipe: str = Field("maple", description="a preset of recipes.PRESETS")
-        epochs: Int | None = Field(None, description="None: the recipe's")
-        lr: Number | None = Field(None, description="None: the recipe's")
-        batch_size: Int | None = Field(None, description="None: the recipe's")
-        weight_decay: Number | None = Field(None, description="None: the recipe's")
-        augment: bool | None = Field(None, description="random resized crop and flip; None: the recipe's")
         temperature: Number | None = Field(None, gt=0, description="None: the model's logit scale")
 
     def configure(self) -> None:

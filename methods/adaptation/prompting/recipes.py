@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ...options import PluginOptions
+from ...options import Int, Number, PluginOptions
 
 
 class Recipe(BaseModel):
@@ -70,10 +70,15 @@ def resolve_recipe(name: str, overrides: dict) -> Recipe:
 class RecipeOptions(PluginOptions):
     """Options of a learner that trains with a preset (``recipe``) and overrides of its fields.
 
-    Subclasses declare ``recipe`` and the overridable fields they offer
-    (``epochs``, ``lr``, ...; None keeps the preset's); the merged recipe is
+    Subclasses declare ``recipe`` (their default preset); the overridable
+    fields are here (None keeps the preset's), and the merged recipe is
     checked with the other options, so a bad override fails at construction.
     """
+
+    epochs: Int | None = Field(None, description="None: the recipe's")
+    lr: Number | None = Field(None, description="None: the recipe's")
+    batch_size: Int | None = Field(None, description="None: the recipe's")
+    weight_decay: Number | None = Field(None, description="None: the recipe's")
 
     def training_recipe(self) -> Recipe:
         fields = set(type(self).model_fields) & set(Recipe.model_fields)
@@ -83,6 +88,12 @@ class RecipeOptions(PluginOptions):
     def _recipe(self):
         self.training_recipe()
         return self
+
+
+class ImageRecipeOptions(RecipeOptions):
+    """Recipe options of learners that see pixels, which may also augment them."""
+
+    augment: bool | None = Field(None, description="random resized crop and flip; None: the recipe's")
 
 
 def learning_rate(recipe: Recipe, epoch: int) -> float:

@@ -246,17 +246,12 @@ class VPT(Learner):
     provides = IMAGE_PREDICTOR_PROVIDES
     num_gpus = 1.0
 
-    class Options(recipes.RecipeOptions):
+    class Options(recipes.ImageRecipeOptions):
         variant: Literal[VARIANTS] = Field("shallow", description="prompts at the first block only, or at every block")
         tokens: Int = Field(8, ge=1, description="prompt tokens per prompted block")
         init: Literal[INITS] = Field("token-mean", description="how prompts start, see the module docstring")
         init_std: Number = Field(0.02, ge=0, description="std of the initial noise")
         recipe: str = Field("fast", description="a preset of recipes.PRESETS")
-        epochs: Int | None = Field(None, description="None: the recipe's")
-        lr: Number | None = Field(None, description="None: the recipe's")
-        batch_size: Int | None = Field(None, description="None: the recipe's")
-        weight_decay: Number | None = Field(None, description="None: the recipe's")
-        augment: bool | None = Field(None, description="random resized crop and flip; None: the recipe's")
         temperature: Number | None = Field(None, gt=0, description="None: the model's logit scale")
         reinit: bool = Field(True, description="fresh prompts every round; false: continue from the last round's")
         grad_checkpointing: bool = Field(False, description="recompute block activations to save GPU memory")
