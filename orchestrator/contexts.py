@@ -90,9 +90,8 @@ def selection_context(needs: frozenset[str], data: TrialData, predictor: Predict
     pixels here, inside the task that holds the trial's GPU.
     """
     on_pixels = predictor.on_pixels
-    want_features = needs & {POOL_FEATURES, PREDICTOR} or (not on_pixels and (
-        needs & {PROBS, EMBEDDINGS} or any(output_name(n) for n in needs)))
-    features = get(data.pool_features) if want_features else None
+    model_reads_features = not on_pixels and bool(needs & {PROBS, EMBEDDINGS} or any(map(output_name, needs)))
+    features = get(data.pool_features) if needs & {POOL_FEATURES, PREDICTOR} or model_reads_features else None
     probs = embeddings = None
     if PROBS in needs:
         probs = predictor.predict_proba_images(data.images, "pool") if on_pixels else predictor.predict_proba(features)
