@@ -69,7 +69,7 @@ def _setup(seed, labelled=20, **kw):
 def _select(name, ctx, budget, seed, cold=False, **options):
     check_selection_inputs(name, ctx, budget)
     strategy = ACQUISITIONS.create(name, **options)
-    assert strategy.requires <= {"pool_features", "probs", "text_features", "predictor", "embeddings"}
+    assert strategy.requires <= {"pool_features", "probs", "text_features", "class_embeddings", "predictor", "embeddings"}
     run = strategy.cold_start if cold else strategy.select
     return run(ctx, budget, np.random.default_rng(seed)).indices
 
