@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_STRATEGIES = ("random", "entropy", "margin", "least_confidence", "bald", "coreset", "badge", "alfamix",
-                      "typiclust", "probcover", "dropquery", "centroid", "pcb")
+                      "typiclust", "probcover", "dropquery", "centroid", "pcb", "cec")
 #: Strategies whose picks are judged by how well they cover the pool (random is the baseline row).
 COVERAGE_STRATEGIES = frozenset({"random", "coreset", "badge", "typiclust", "probcover", "dropquery", "centroid",
                                  "alfamix", "pcb"})
@@ -93,6 +93,7 @@ NO_REFERENCE = {
     "alfamix": "no ALFA-Mix in scikit-activeml 1.0.1",
     "pcb": "no PCB in scikit-activeml 1.0.1",
     "centroid": "no centroid sampling in scikit-activeml 1.0.1",
+    "cec": "no CEC in scikit-activeml 1.0.1",
 }
 #: Targets of the issue: speed-up over scikit-activeml at n=20000, time and peak memory at the large sizes.
 SPEEDUP_TARGET = {"n": 20000, "strategies": ("coreset", "badge", "typiclust", "probcover", "dropquery"), "min": 3.0}
