@@ -40,10 +40,7 @@ def _load_all() -> None:
     from .cards import synthetic  # noqa: F401
 
     for path in sorted(CARD_DIR.glob("*.yaml")):
-        try:
-            register_card(DatasetCard.model_validate(yaml.safe_load(path.read_text())))
-        except Exception as exc:
-            raise ValueError(f"invalid dataset card {path}: {exc}") from exc
+        register_card(_read_card_file(path))
 
 
 def load_card_files(paths: Iterable[str | Path]) -> list[str]:
