@@ -2,10 +2,8 @@
 learners, costs, gated learner contexts, pairing checks before Ray, and file plug-ins in real sweeps."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -209,7 +207,7 @@ def test_file_plugins_run_in_a_real_sweep_and_resume_in_a_fresh_process(tmp_path
     """Plug-in modules have one name in every process, so workers unpickle their predictors and a new driver
     resumes their checkpoints (the salted hash() of the first version broke both). A failing trial makes
     the CLI exit 1 while the others finish."""
-    from tests.test_sweep import _trial_runs
+    from tests.test_sweep import _trial_runs, kill_after_states
 
     boom = tmp_path / "boom.py"
     boom.write_text("from methods.base import Learner\nfrom methods.registry import register_adaptation\n"
@@ -220,14 +218,7 @@ def test_file_plugins_run_in_a_real_sweep_and_resume_in_a_fresh_process(tmp_path
                  cache=str(session_cache),
                  methods=["test_miner+test_centroids", "test_needs_clean+test_attr_centroids", "random+boom"])
     command = [sys.executable, "experiments/sweep.py", str(cfg), "--no-report"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    states = tmp_path / "plug" / "trials"
-    deadline = time.time() + 400
-    while time.time() < deadline and len(list(states.glob("*/round-state.npz"))) < 2:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_states(command, env, tmp_path / "plug" / "trials", 2)
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 1 and '"failed": 2' in done.stdout, done.stderr[-3000:]
     client, runs, _ = _trial_runs(f"sqlite:///{tmp_path / 'plug' / 'mlflow.db'}", "plug")

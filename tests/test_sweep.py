@@ -145,20 +145,26 @@ def _metrics_by_hash(uri, experiment):
     return out, trials
 
 
+def kill_after_states(command: list[str], env: dict, trials_dir, states: int, limit: float = 400) -> None:
+    """Start a sweep CLI and SIGKILL it (the driver and the Ray cluster it started) once ``states`` trials
+    have written a round state."""
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + limit
+    while time.time() < deadline and len(list(trials_dir.glob("*/round-state.npz"))) < states:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_sigkilled_sweep_resumes_to_identical_metrics_without_duplicates(tmp_path, session_cache):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     base = dict(datasets=["synth-shapes"], methods=["entropy+linear_probe", "margin+linear_probe"],
                 seeds=[0, 1, 2], rounds=3, max_concurrent=1)
     killed_cfg = _config(tmp_path, session_cache, name="killed", **base)
     command = [sys.executable, "experiments/sweep.py", str(killed_cfg), "--no-report"]
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
     trials_dir = tmp_path / "killed" / "trials"
-    deadline = time.time() + 400
-    while time.time() < deadline and len(list(trials_dir.glob("*/round-state.npz"))) < 2:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
-    proc.wait()
+    kill_after_states(command, env, trials_dir, 2)
     assert len(list(trials_dir.glob("*/round-state.npz"))) < 6, "the sweep finished before it could be killed"
 
     subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
