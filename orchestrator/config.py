@@ -57,6 +57,14 @@ class MethodConfig(BaseModel):
     adaptation_labels: LabelSet = Field("all", description="'queried': the evaluated learner ignores free labels")
     selector_labels: LabelSet = "all"
 
+    def parts(self) -> list[tuple[str, str, dict]]:
+        """``(kind, name, options)`` of its strategy, its learner and its selector: what the registries build."""
+        parts = [("acquisition", self.acquisition, self.acquisition_options),
+                 ("adaptation", self.adaptation, self.adaptation_options)]
+        if self.selector is not None:
+            parts.append(("adaptation", self.selector.adaptation, self.selector.adaptation_options))
+        return parts
+
     @classmethod
     def parse(cls, item: str | dict) -> "MethodConfig":
         """``"entropy+linear_probe"`` or a dict with explicit parts and options."""
@@ -158,6 +166,11 @@ class SweepConfig(BaseModel):
         return Path(self.workdir).expanduser().resolve()
 
     @property
+    def card_paths(self) -> list[str]:
+        """The user card files, resolved against the working directory (workers may run elsewhere)."""
+        return [str(Path(c).expanduser().resolve()) for c in self.cards]
+
+    @property
     def tracking_uri(self) -> str:
         """The config's URI, else $MLFLOW_TRACKING_URI (set on cluster heads), else SQLite in the workdir."""
         import os
@@ -191,7 +204,7 @@ class SweepConfig(BaseModel):
             }
             # Newer keys enter a trial only when set, so configs that do not use them keep their hashes.
             if self.cards:
-                trial["cards"] = [str(Path(c).expanduser().resolve()) for c in self.cards]
+                trial["cards"] = self.card_paths
             if self.blackbox is not None:
                 trial["blackbox"] = self.blackbox.model_dump()
             trial["config_hash"] = config_hash(trial)
@@ -333,14 +346,11 @@ def _method_errors(method: MethodConfig, has_blackbox: bool) -> list[str]:
     """Unknown names, bad options, and a strategy asking more than its learner provides."""
     from methods.registry import ACQUISITIONS, ADAPTATIONS
 
-    parts = [(ACQUISITIONS, method.acquisition, method.acquisition_options),
-             (ADAPTATIONS, method.adaptation, method.adaptation_options)]
-    if method.selector is not None:
-        parts.append((ADAPTATIONS, method.selector.adaptation, method.selector.adaptation_options))
+    registries = {"acquisition": ACQUISITIONS, "adaptation": ADAPTATIONS}
     built, errors = [], []
-    for registry, part, opts in parts:
+    for kind, part, opts in method.parts():
         try:
-            built.append(registry.create(part, **opts))
+            built.append(registries[kind].create(part, **opts))
         except (KeyError, ValueError, TypeError) as exc:
             errors.append(f"method {method.name!r}: {exc.args[0] if exc.args else exc}")
     if errors:

@@ -57,6 +57,7 @@ def prepare_data(config: SweepConfig) -> dict[str, dict]:
 
     cache = Path(config.cache).expanduser() if config.cache else DEFAULT_CACHE
     refs: dict[str, dict] = {}
+    steps = _preparation_names(config)  # the preparation steps some plug-in of the sweep declares
     by_options: dict[str, list[str]] = {}
     for name in config.datasets:
         key = repr(sorted(config.dataset_options.get(name, {}).items()))
@@ -73,7 +74,7 @@ def prepare_data(config: SweepConfig) -> dict[str, dict]:
             _check_features(n, pool.features, test.features)
             images = DatasetImages(n, {"pool": config.pool_split, "test": config.test_split},
                                    {"pool": np.asarray(pool.indices), "test": np.asarray(test.indices)},
-                                   config.encoder, dict(opts), card_files=_card_files(config))
+                                   config.encoder, dict(opts), card_files=tuple(config.card_paths))
             refs[n] = {
                 "pool_features": ray.put(np.asarray(pool.features, dtype=np.float32)),
                 "pool_labels": ray.put(np.asarray(pool.labels)),
@@ -87,13 +88,9 @@ def prepare_data(config: SweepConfig) -> dict[str, dict]:
                 "attributes": {c: a.model_dump() for c, a in card.attributes.items()},
                 "images": images,
                 "blackbox": _blackbox_spec(config, card),
-                "prepared": _prepared(config, n, cache, pool, images),
+                "prepared": _prepared(config, steps, n, cache, pool, images),
             }
     return refs
-
-
-def _card_files(config: SweepConfig) -> tuple[str, ...]:
-    return tuple(str(Path(c).expanduser().resolve()) for c in config.cards)
 
 
 def _blackbox_spec(config: SweepConfig, card):
@@ -111,22 +108,17 @@ def _preparation_names(config: SweepConfig) -> list[str]:
 
     from .preparation import requested_names
 
-    plugins = []
-    for m in config.methods:
-        plugins.append(ACQUISITIONS.create(m.acquisition, **m.acquisition_options))
-        for name, opts in [(m.adaptation, m.adaptation_options)] + (
-                [(m.selector.adaptation, m.selector.adaptation_options)] if m.selector else []):
-            plugins.append(ADAPTATIONS.create(name, **opts))
+    registries = {"acquisition": ACQUISITIONS, "adaptation": ADAPTATIONS}
+    plugins = [registries[kind].create(name, **opts) for m in config.methods for kind, name, opts in m.parts()]
     return requested_names({t for p in plugins for t in p.requires})
 
 
-def _prepared(config: SweepConfig, dataset: str, cache: Path, pool, images) -> dict[str, dict]:
-    """Run (or reuse from the cache) the declared preparation steps of one dataset; arrays go to the store."""
+def _prepared(config: SweepConfig, names: list[str], dataset: str, cache: Path, pool, images) -> dict[str, dict]:
+    """Run (or reuse from the cache) the preparation steps ``names`` for one dataset; arrays go to the store."""
     import ray
 
     from .preparation import card_inputs, run_preparations
 
-    names = _preparation_names(config)
     if not names:
         return {}
     done = run_preparations(
