@@ -140,7 +140,7 @@ def _metrics_by_hash(uri, experiment):
     for run in trials:
         out[run.data.tags["alvlm.config_hash"]] = {
             key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-            for key in ("top1", "auc", "labels_spent", "macro_f1")
+            for key in ("top1", "auc", "labels_spent", "labels_total", "labels_selective", "macro_f1")
         }
     return out, trials
 
@@ -159,7 +159,8 @@ def kill_after_states(command: list[str], env: dict, trials_dir, states: int, li
 
 def test_sigkilled_sweep_resumes_to_identical_metrics_without_duplicates(tmp_path, session_cache):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    base = dict(datasets=["synth-shapes"], methods=["entropy+linear_probe", "margin+linear_probe"],
+    # the papers' methods (CEC's weighted k-means, CB+SQ's free pseudo labels) must resume exactly too
+    base = dict(datasets=["synth-shapes"], methods=["cec+linear_probe", "cbsq+linear_probe"],
                 seeds=[0, 1, 2], rounds=3, max_concurrent=1)
     killed_cfg = _config(tmp_path, session_cache, name="killed", **base)
     command = [sys.executable, "experiments/sweep.py", str(killed_cfg), "--no-report"]
