@@ -54,10 +54,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DEFAULT_STRATEGIES = ("random", "entropy", "margin", "least_confidence", "bald", "coreset", "badge", "alfamix",
-                      "typiclust", "probcover", "dropquery", "centroid", "pcb", "cec")
+                      "typiclust", "probcover", "dropquery", "centroid", "pcb", "cec", "cb", "cbsq", "gcnal")
 #: Strategies whose picks are judged by how well they cover the pool (random is the baseline row).
 COVERAGE_STRATEGIES = frozenset({"random", "coreset", "badge", "typiclust", "probcover", "dropquery", "centroid",
-                                 "alfamix", "pcb"})
+                                 "alfamix", "pcb", "cb"})
 #: scikit-activeml 1.0.1 counterparts: (class, constructor options).
 REFERENCES = {
     "entropy": ("UncertaintySampling", {"method": "entropy"}),
@@ -94,6 +94,9 @@ NO_REFERENCE = {
     "pcb": "no PCB in scikit-activeml 1.0.1",
     "centroid": "no centroid sampling in scikit-activeml 1.0.1",
     "cec": "no CEC in scikit-activeml 1.0.1",
+    "cb": "no CB in scikit-activeml 1.0.1",
+    "cbsq": "no CB+SQ in scikit-activeml 1.0.1",
+    "gcnal": "no sequential GCN in scikit-activeml 1.0.1",
 }
 #: Targets of the issue: speed-up over scikit-activeml at n=20000, time and peak memory at the large sizes.
 SPEEDUP_TARGET = {"n": 20000, "strategies": ("coreset", "badge", "typiclust", "probcover", "dropquery"), "min": 3.0}
@@ -250,7 +253,8 @@ def worker_ours(job: dict) -> dict:
     import torch
 
     from methods.adaptation.zeroshot import LinearPredictor
-    from methods.base import EMBEDDINGS, POOL_FEATURES, PREDICTOR, PROBS, TEXT_FEATURES, SelectionContext
+    from methods.base import (CLASS_EMBEDDINGS, EMBEDDINGS, POOL_FEATURES, PREDICTOR, PROBS, TEXT_FEATURES,
+                              SelectionContext)
     from methods.registry import ACQUISITIONS, load_plugins
     from methods.validation import check_selection_inputs
 
@@ -270,10 +274,12 @@ def worker_ours(job: dict) -> dict:
         page_in(data["probs"])
     labelled, targets, unlabelled = _pool_state(data)
     ctx = SelectionContext(
-        round=1, num_classes=len(text), unlabelled=unlabelled, labelled=labelled, labelled_targets=targets,
+        round=job.get("round", 1), num_classes=len(text), unlabelled=unlabelled, labelled=labelled,
+        labelled_targets=targets,
         pool_features=features if POOL_FEATURES in needs else None,
         probs=data["probs"] if PROBS in needs else None,
         text_features=text if TEXT_FEATURES in needs else None,
+        class_embeddings=predictor.class_embeddings() if CLASS_EMBEDDINGS in needs else None,
         embeddings=predictor.embed(features) if EMBEDDINGS in needs else None,
         predictor=predictor if PREDICTOR in needs else None,
     )
@@ -614,6 +620,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--budget", type=int, default=100)
     ap.add_argument("--labelled", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--round", type=int, default=1,
+                    help="the round the strategies are told it is (CB's K = B * round)")
     ap.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES), help="comma-separated registry names")
     ap.add_argument("--plugins", default="",
                     help="comma-separated plug-in modules (dotted names or .py paths) to import first, as a sweep's "
@@ -696,7 +704,7 @@ def main(argv: list[str] | None = None) -> dict:
         workdir = Path(tmp)
         for name in names:
             base_job = {"strategy": name, "options": options.get(name, {}), "data": str(data_path),
-                        "budget": args.budget, "seed": args.seed,
+                        "budget": args.budget, "seed": args.seed, "round": args.round,
                         "repeats": args.repeats, "device": device, "plugins": plugins}
             ours, picked = run_child({**base_job, "side": "ours"}, workdir, args.timeout, device)
             entry = {"ours": ours}

@@ -148,3 +148,23 @@ def test_bad_input_is_refused_with_the_fix():
         ACQUISITIONS.create("sq", base="cbsq")
     assert CLASS_EMBEDDINGS in ACQUISITIONS.create("cbsq").requires
     assert CLASS_EMBEDDINGS not in ACQUISITIONS.create("cb", feature_space="image").requires
+
+
+def test_pairing_refuses_learners_that_cannot_feed_cbsq_or_sq():
+    from methods.base import Learner
+    from orchestrator.config import pairing_errors
+
+    class ProbsOnly(Learner):
+        name, provides = "probs_only", frozenset({PROBS})
+
+        def fit(self, train, ctx, rng):  # never called: the pair is refused before any fit
+            raise AssertionError
+
+    class NoProbs(ProbsOnly):
+        name, provides = "no_probs", frozenset({CLASS_EMBEDDINGS})
+
+    errors = pairing_errors(ACQUISITIONS.create("cbsq"), ProbsOnly(), [ProbsOnly()], False)
+    assert errors and "class_embeddings" in errors[0] and "selector" in errors[0]
+    errors = pairing_errors(ACQUISITIONS.create("sq", base="random"), NoProbs(), [NoProbs()], False)
+    assert errors and "'probs'" in errors[0]
+    assert not pairing_errors(ACQUISITIONS.create("cb", feature_space="image"), NoProbs(), [NoProbs()], False)
