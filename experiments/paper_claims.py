@@ -1,0 +1,147 @@
+"""Check the papers' claims on a finished sweep: each claim measured, and whether it held.
+
+    python experiments/paper_claims.py --tracking-uri sqlite:///$PWD/runs/cbsq-offline/mlflow.db \\
+        --experiment cbsq-offline
+    python experiments/paper_claims.py --tracking-uri sqlite:///$PWD/runs/cec-offline/mlflow.db \\
+        --experiment cec-offline
+
+It reads the trials from MLflow (as experiments/report.py does), averages each
+method's accuracy and labels spent per round over seeds (and datasets), and
+prints a markdown table per claim family: the two sides, their difference,
+and "holds" / "does not hold". A claim compares seed means; the spread is
+printed next to them so a difference inside it is read as such. Nothing here
+tunes anything: the sweep ran with the papers' defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """``better`` beats ``worse`` at ``round`` (the paper's reading of one of its tables or figures)."""
+
+    text: str
+    better: str
+    worse: str
+    round: int
+
+
+#: The claims each paper makes that its offline twin can test (PROTOCOLS.md, issue 10).
+CLAIMS = {
+    "cbsq": [
+        Claim("CB above Random at round 1 (Fig. 3, +19.5 pts on average)", "cb+coop_dual", "random+coop_dual", 1),
+        Claim("class-guided above image features at round 1 (Table 2: 55.92 vs 52.72)", "cb+coop_dual",
+              "cb-image+coop_dual", 1),
+        Claim("CB above Entropy at round 1", "cb+coop_dual", "entropy+coop_dual", 1),
+        Claim("CB above PCB at round 8", "cb+coop_dual", "pcb+coop_dual", 8),
+    ],
+    "cec": [
+        Claim("CEC above Entropy at 1 % (Table 1)", "cec+coop", "entropy+coop", 1),
+        Claim("CEC above Entropy at 2 % (Table 1)", "cec+coop", "entropy+coop", 2),
+        Claim("CEC above Random at 1 %", "cec+coop", "random+coop", 1),
+        Claim("CEC above Random at 5 %", "cec+coop", "random+coop", 5),
+        Claim("calibration helps (Fig. 3 left), final round", "cec+coop", "cec-no-calibration+coop", 6),
+        Claim("the neighbour term helps (Fig. 3 left), final round", "cec+coop", "cec-no-neighbours+coop", 6),
+        Claim("weighted clustering beats plain k-means (Fig. 3 right), final round", "cec+coop",
+              "cec-kmeans+coop", 6),
+        Claim("weighted clustering beats greedy (Fig. 3 right), final round", "cec+coop", "cec-greedy+coop", 6),
+    ],
+}
+
+
+def per_round(df):
+    """Seed-mean and seed-std of accuracy (%) and mean labels spent, per method and round (datasets averaged)."""
+    by_seed = df.groupby(["method", "dataset", "round"])
+    stats = by_seed.agg(mean=("value", "mean"), std=("value", "std"), spent=("labels_spent", "mean"),
+                        total=("labels_total", "mean"))
+    return stats.groupby(["method", "round"]).mean() * [100, 100, 1, 1]
+
+
+def claim_rows(stats, claims: list[Claim]) -> list[dict]:
+    rows = []
+    for c in claims:
+        try:
+            a, b = stats.loc[(c.better, c.round)], stats.loc[(c.worse, c.round)]
+        except KeyError:
+            rows.append({"claim": c.text, "result": "not in this sweep"})
+            continue
+        diff = a["mean"] - b["mean"]
+        rows.append({"claim": c.text, "round": c.round, "better": f"{a['mean']:.1f} ± {a['std']:.1f}",
+                     "worse": f"{b['mean']:.1f} ± {b['std']:.1f}", "difference": round(float(diff), 1),
+                     "result": "holds" if diff > 0 else "does not hold"})
+    return rows
+
+
+def label_savings(stats, with_sq: str, without_sq: str) -> list[dict]:
+    """Per round: labels each spent, the saving in %, and the accuracy of both (CB+SQ vs CB)."""
+    rows = []
+    if with_sq not in stats.index.get_level_values(0) or without_sq not in stats.index.get_level_values(0):
+        return rows
+    for r in sorted(set(stats.loc[with_sq].index) - {0}):
+        a, b = stats.loc[(with_sq, r)], stats.loc[(without_sq, r)]
+        rows.append({"round": r, "labelled": int(a["total"]), "spent (SQ)": round(float(a["spent"]), 1),
+                     "spent (no SQ)": round(float(b["spent"]), 1),
+                     "saved %": round(100 * (1 - a["spent"] / b["spent"]), 1) if b["spent"] else 0.0,
+                     "top1 (SQ)": round(float(a["mean"]), 1), "top1 (no SQ)": round(float(b["mean"]), 1),
+                     "no-SQ labels for the SQ top1": _labels_to_reach(stats.loc[without_sq], a["mean"])})
+    return rows
+
+
+def _labels_to_reach(curve, accuracy: float) -> str:
+    """Labels spent (linear between rounds) at which a learning curve first reaches ``accuracy``."""
+    previous = None
+    for _, row in curve.sort_index().iterrows():
+        if row["mean"] >= accuracy:
+            if previous is None or row["mean"] == previous["mean"]:
+                return f"{row['spent']:.0f}"
+            t = (accuracy - previous["mean"]) / (row["mean"] - previous["mean"])
+            return f"{previous['spent'] + t * (row['spent'] - previous['spent']):.1f}"
+        previous = row
+    return "not reached"
+
+
+def markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "(nothing to show)"
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tracking-uri", required=True)
+    ap.add_argument("--experiment", required=True)
+    ap.add_argument("--paper", choices=sorted(CLAIMS), help="default: read from the experiment name")
+    args = ap.parse_args(argv)
+    from orchestrator.report import load_trials
+
+    paper = args.paper or next((p for p in CLAIMS if args.experiment.startswith(p)), None)
+    if paper is None:
+        raise SystemExit(f"cannot tell the paper from {args.experiment!r}; pass --paper ({', '.join(CLAIMS)})")
+    stats = per_round(load_trials(args.tracking_uri, args.experiment, metrics=[]))
+    claims = claim_rows(stats, CLAIMS[paper])
+    print(f"## {args.experiment}: the paper's claims\n\n{markdown(claims)}\n")
+    savings = label_savings(stats, "cbsq+coop_dual", "cb+coop_dual") if paper == "cbsq" else []
+    if savings:
+        print(f"## selective querying: labels spent, CB+SQ vs CB\n\n{markdown(savings)}\n")
+    curves = [{"method": m, **{f"r{r}": f"{row['mean']:.1f}" for r, row in stats.loc[m].iterrows()}}
+              for m in stats.index.get_level_values(0).unique()]
+    print(f"## top-1 per round (seed means)\n\n{markdown(curves)}\n")
+    summary = {"claims": claims, "savings": savings}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
