@@ -38,6 +38,17 @@ class ClassAttributes(BaseModel):
     confusion: list[str] = Field(default_factory=list, description="what separates it from its look-alikes")
 
 
+class DescriptionFile(BaseModel):
+    """A per-class description file (``{"class": ["sentence", ...]}``); see :mod:`datasets.descriptions`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: str = Field(description="JSON file, relative to the data root (or absolute)")
+    keys: dict[str, str] = Field(default_factory=dict, description="card class -> key in the file, where names "
+                                                                   "differ by more than case and underscores")
+    obtain: str = Field("", description="where the file comes from, shown when it is missing")
+
+
 class DatasetCard(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,6 +58,9 @@ class DatasetCard(BaseModel):
     class_source: str = Field(description="Which published list the class names follow, e.g. CoOp's split file.")
     templates: dict[str, list[str]] = Field(description="Prompt templates per protocol; 'default' is required.")
     attributes: dict[str, ClassAttributes] = Field(default_factory=dict)
+    descriptions: DescriptionFile | None = Field(
+        None, description="a class-description file whose sentences replace attributes.<class>.positive for "
+                          "`descriptions: ensemble`; a bare string is the file")
     modality: str
     task: Task = "multiclass"
     metric: Metric = "accuracy"
@@ -80,11 +94,19 @@ class DatasetCard(BaseModel):
                     )
         return templates
 
+    @field_validator("descriptions", mode="before")
+    @classmethod
+    def _description_file(cls, value):
+        return {"file": value} if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _attributes_name_known_classes(self) -> "DatasetCard":
         unknown = sorted(set(self.attributes) - set(self.classes))
         if unknown:
             raise ValueError(f"attributes given for classes not in the class list: {unknown}")
+        unknown = sorted(set(self.descriptions.keys) - set(self.classes)) if self.descriptions else []
+        if unknown:
+            raise ValueError(f"descriptions.keys given for classes not in the class list: {unknown}")
         if self.task == "binary" and len(self.classes) != 2:
             raise ValueError(f"a binary task needs exactly two classes, got {len(self.classes)}")
         return self

@@ -3,6 +3,14 @@
     python experiments/sweep.py                                   # offline default (configs/default.yaml)
     python experiments/sweep.py experiments/configs/default.yaml --name quick --set seeds=[0] --set rounds=3
     python experiments/sweep.py my.yaml --address auto --tracking-uri http://127.0.0.1:5000   # on a cluster
+    python experiments/sweep.py experiments/configs/papers/cec.yaml --dry-run   # what it needs, nothing run
+
+--dry-run resolves the grid without Ray or MLflow and without the network: the
+trial count, whether each dataset (under $ALVLM_DATA_ROOT) and each encoder's
+weights are on this machine (and how to get them if not), and the labels each
+dataset x budget spends. It prints tables on stderr and one JSON object on
+stdout, and exits 0 if everything is present, 3 if something is missing, 2 if
+the config itself cannot run (as a real run does for config errors).
 
 Re-running the same command resumes: finished trials are skipped, interrupted
 ones continue from their last finished round, and MLflow gets no duplicates.
@@ -32,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "sqlite:///<workdir>/mlflow.db)")
     ap.add_argument("--workdir", help="where trial states, Ray results and the default MLflow store live")
     ap.add_argument("--no-report", action="store_true", help="skip the comparison table at the end")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="resolve the grid and check data, weights and budgets without running anything; exit 0 "
+                         "if everything is present, 3 if something is missing, 2 if the config cannot run")
     return ap
 
 
@@ -54,6 +65,8 @@ def main(argv: list[str] | None = None) -> dict:
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]")
         raise SystemExit(2) from None
+    if args.dry_run:
+        return _dry_run(config, console)
 
     from orchestrator.budget import BudgetError
     from orchestrator.sweep import run_sweep
@@ -75,6 +88,19 @@ def main(argv: list[str] | None = None) -> dict:
         console.print(f"[red]{len(outcome.failed)} trial(s) failed; their errors are in MLflow "
                       "(tag alvlm.error) and in the Ray results folder[/red]")
         raise SystemExit(1)
+    return summary
+
+
+def _dry_run(config, console) -> dict:
+    """What the sweep would run and what this machine lacks (orchestrator.dry_run); exits 3 or 2 when not ready."""
+    from orchestrator.dry_run import EXIT_READY, dry_run, print_report
+
+    report = dry_run(config)
+    print_report(report, console)
+    summary = report.summary()
+    print(json.dumps(summary))
+    if report.exit_code != EXIT_READY:
+        raise SystemExit(report.exit_code)
     return summary
 
 

@@ -39,9 +39,13 @@ class TrialData:
     images: ImageAccess | None = None  # pixels of pool and test, for plug-ins that use the image path
     blackbox: Any = None  # a picklable spec with .open() -> BlackBox, when the sweep configures one
     prepared: dict[str, dict[str, Any]] = field(default_factory=dict)  # preparation name -> its arrays
+    class_descriptions: dict[str, list[str]] = field(default_factory=dict)  # from the card's description file
 
     @property
     def descriptions(self) -> dict[str, list[str]]:
+        """The card's description file when it names one (see datasets.descriptions), else its positive attributes."""
+        if self.class_descriptions:
+            return {c: list(s) for c, s in self.class_descriptions.items()}
         return {c: list(a.get("positive", ())) for c, a in self.attributes.items() if a.get("positive")}
 
 

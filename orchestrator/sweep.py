@@ -45,7 +45,36 @@ def metric_for(card) -> str:
     return "auc" if card.metric == "auc" else "top1"
 
 
-def prepare_data(config: SweepConfig) -> dict[str, dict]:
+def uses_descriptions(config: SweepConfig) -> bool:
+    """Whether a learner of the sweep (evaluated or selector) declares ``descriptions``.
+
+    Only then are the cards' description files read, so a card that names a file not yet on disk
+    does not stop sweeps that never use it.
+    """
+    from methods.base import DESCRIPTIONS
+    from methods.registry import ADAPTATIONS
+
+    return any(DESCRIPTIONS in ADAPTATIONS.create(name, **opts).requires
+               for m in config.methods for kind, name, opts in m.parts() if kind == "adaptation")
+
+
+def sweep_descriptions(config: SweepConfig) -> dict[str, dict[str, list[str]]]:
+    """Each dataset's description-file sentences (datasets.descriptions), read on the driver before Ray starts.
+
+    Empty when no learner uses descriptions; a dataset whose card names no file is absent (its
+    attributes apply). A missing file or a file missing classes raises, naming the path and the fix.
+    """
+    from datasets.descriptions import card_descriptions
+    from datasets.registry import get_card
+
+    if not uses_descriptions(config):
+        return {}
+    loaded = {n: card_descriptions(get_card(n)) for n in config.datasets}
+    return {n: d for n, d in loaded.items() if d is not None}
+
+
+def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str]]] | None = None
+                 ) -> dict[str, dict]:
     """Embed (or reuse) every split the sweep needs and put the arrays in the object store once."""
     import ray
 
@@ -56,6 +85,7 @@ def prepare_data(config: SweepConfig) -> dict[str, dict]:
     from .zeroshot import class_embeddings
 
     cache = Path(config.cache).expanduser() if config.cache else DEFAULT_CACHE
+    descriptions = sweep_descriptions(config) if descriptions is None else descriptions
     refs: dict[str, dict] = {}
     steps = _preparation_names(config)  # the preparation steps some plug-in of the sweep declares
     by_options: dict[str, list[str]] = {}
@@ -89,6 +119,7 @@ def prepare_data(config: SweepConfig) -> dict[str, dict]:
                 "images": images,
                 "blackbox": _blackbox_spec(config, card),
                 "prepared": _prepared(config, steps, n, cache, pool, images),
+                "class_descriptions": descriptions.get(n, {}),
             }
     return refs
 
@@ -153,7 +184,7 @@ def build_run(trial: dict, data: dict, remote: bool = True, num_cpus: float = 1.
         data=TrialData(**{k: data[k] for k in ("pool_features", "pool_labels", "test_features", "test_labels",
                                                "text_features", "task", "num_classes", "metric", "encoder",
                                                "precision", "class_names", "templates", "attributes", "images",
-                                               "blackbox", "prepared")
+                                               "blackbox", "prepared", "class_descriptions")
                           if k in data}),
         cold_start=trial["cold_start"], remote=remote, num_cpus=num_cpus, num_gpus=num_gpus,
         plugins=tuple(trial.get("plugins", ())),
@@ -228,10 +259,11 @@ def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = 
     t0 = time.time()
     workdir = config.workdir_path
     workdir.mkdir(parents=True, exist_ok=True)
+    descriptions = sweep_descriptions(config)  # a missing description file fails before Ray starts
     ensure_ray(config.address)
     _say(console, f"embedding {len(config.datasets)} dataset(s) with {config.encoder} (cached after the first run)")
     t_embed = time.time()
-    data = prepare_data(config)
+    data = prepare_data(config, descriptions)
     embed_seconds = time.time() - t_embed
 
     trials = config.trials()
