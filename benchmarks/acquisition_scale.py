@@ -307,8 +307,9 @@ def worker_ours(job: dict) -> dict:
         problems.append("duplicate indices")
     if np.isin(idx, labelled).any():
         problems.append("selected labelled rows")
-    if len(idx) != budget:
-        problems.append(f"selected {len(idx)} rows, budget {budget}")
+    free = np.asarray(list(selection.pseudo_labels), dtype=np.int64)
+    if len(idx) + len(free) != budget:  # selective querying labels some candidates for free instead
+        problems.append(f"selected {len(idx)} rows and {len(free)} free labels, budget {budget}")
     np.save(job["indices"], idx)
     out = {"status": "ok", "seconds": statistics.median(seconds), "seconds_all": seconds, "check_seconds": check_s,
            "baseline_rss_mb": baseline, "peak_rss_mb": peak if reset else max(peak, baseline),

@@ -1,8 +1,9 @@
 """Memory-bounded kernels for acquisition at ImageNet scale (torch: CPU or CUDA; faiss for clustering)."""
 
+from .ann import approximate_knn
 from .badge import badge_kmeanspp, factorised_sq_dist
 from .clustering import kmeans, knn, min_dist_to_other_cluster, nearest_to_centroids, radius_graph
 from .kcenter import greedy_k_center
 
-__all__ = ["badge_kmeanspp", "factorised_sq_dist", "greedy_k_center", "kmeans", "knn", "min_dist_to_other_cluster",
-           "nearest_to_centroids", "radius_graph"]
+__all__ = ["approximate_knn", "badge_kmeanspp", "factorised_sq_dist", "greedy_k_center", "kmeans", "knn",
+           "min_dist_to_other_cluster", "nearest_to_centroids", "radius_graph"]
