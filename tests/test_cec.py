@@ -132,3 +132,14 @@ def test_approximate_neighbour_term_is_close_to_the_exact_one():
     assert np.corrcoef(approximate, exact)[0, 1] > 0.99
     picked = ACQUISITIONS.create("cec", knn="approximate").select(_ctx(x, probs), 10, np.random.default_rng(0))
     assert len(set(picked.indices.tolist())) == 10
+
+
+def test_prior_and_entropy_read_in_blocks_equal_the_whole_matrix():
+    from methods.acquisition.cec import calibrated_entropy
+
+    _, _, probs = _pool(n=200)
+    rows = np.random.default_rng(4).permutation(200)[:150]
+    prior = contextual_prior(probs, 10, rows, chunk=16)  # blocks smaller than N exercise the running top-N
+    np.testing.assert_allclose(prior, contextual_prior(probs[rows], 10), rtol=1e-12)
+    np.testing.assert_allclose(calibrated_entropy(probs, rows, prior, chunk=7),
+                               entropy(calibrated_probs(probs[rows], prior)), rtol=1e-12)

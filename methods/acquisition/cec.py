@@ -53,11 +53,23 @@ from ..options import Int, Number, PluginOptions
 from ..registry import register_acquisition
 from .clustering import KmeansIters
 
+#: Rows per block when reading (N, C) probabilities: 65,536 x 1,000 classes is 0.5 GB in float64.
+BLOCK_ROWS = 65536
 
-def contextual_prior(probs: np.ndarray, top_n: int) -> np.ndarray:
-    """Eq. 3-4: per class, the mean of its ``top_n`` highest probabilities over the rows (C,)."""
-    n = min(int(top_n), len(probs))
-    top = -np.partition(-np.asarray(probs, np.float64), n - 1, axis=0)[:n]
+
+def contextual_prior(probs: np.ndarray, top_n: int, rows: np.ndarray | None = None,
+                     chunk: int = BLOCK_ROWS) -> np.ndarray:
+    """Eq. 3-4: per class, the mean of its ``top_n`` highest probabilities over ``rows`` (default all) (C,).
+
+    Read in row blocks with a running top-N per class, so a 1.28M x 1,000 matrix never exists in float64.
+    """
+    rows = np.arange(len(probs)) if rows is None else np.asarray(rows, dtype=np.int64)
+    n = min(int(top_n), len(rows))
+    top = None
+    for s in range(0, len(rows), chunk):
+        block = np.asarray(probs[rows[s: s + chunk]], np.float64)
+        candidates = block if top is None else np.concatenate([top, block])
+        top = -np.partition(-candidates, n - 1, axis=0)[:n] if len(candidates) > n else candidates
     return top.mean(axis=0)
 
 
@@ -71,6 +83,16 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     """Eq. 2 in nats (0 log 0 = 0)."""
     p = np.asarray(probs, np.float64)
     return -(p * np.log(np.clip(p, 1e-300, None))).sum(axis=1)
+
+
+def calibrated_entropy(probs: np.ndarray, rows: np.ndarray, prior: np.ndarray | None,
+                       chunk: int = BLOCK_ROWS) -> np.ndarray:
+    """Eq. 2 of eq. 5's calibrated probabilities (``prior=None``: the raw entropy) for ``rows``, in row blocks."""
+    out = np.empty(len(rows), np.float64)
+    for s in range(0, len(rows), chunk):
+        block = probs[rows[s: s + chunk]]
+        out[s: s + chunk] = entropy(block if prior is None else calibrated_probs(block, prior))
+    return out
 
 
 def neighbour_uncertainty(z: np.ndarray, scores: np.ndarray, k: int, alpha: float, approximate: bool = False,
@@ -103,10 +125,8 @@ class CalibratedEntropyClustering(AcquisitionStrategy):
 
     def uncertainty(self, ctx: SelectionContext, rows: np.ndarray, z: np.ndarray, knn_seed: int = 0) -> np.ndarray:
         """Eq. 7 for ``rows`` (with the ablation switches applied); ``knn_seed`` seeds the approximate index."""
-        probs = np.asarray(ctx.probs[rows], np.float64)
-        if self.calibrate:
-            probs = calibrated_probs(probs, contextual_prior(probs, self.top_n))
-        self_term = entropy(probs)
+        prior = contextual_prior(ctx.probs, self.top_n, rows) if self.calibrate else None
+        self_term = calibrated_entropy(ctx.probs, rows, prior)
         if not self.neighbours or len(rows) < 2:
             return self_term
         return self_term + neighbour_uncertainty(z, self_term, self.k_nn, float(self.alpha),

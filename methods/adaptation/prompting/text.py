@@ -69,8 +69,10 @@ def build_layout(tokenizer, class_names: list[str], n_ctx: int, position: str = 
         suffixes = [name]
         if descriptions is not None:
             if not descriptions.get(name):
-                raise PromptLayoutError(f"class {name!r} has no descriptions in the dataset card; add "
-                                        f"attributes.{name}.positive sentences or use descriptions: none")
+                raise PromptLayoutError(f"class {name!r} has no descriptions in the dataset card; name a "
+                                        "description file in the card (`descriptions: PATH`, see "
+                                        f"datasets/descriptions.py), add attributes.{name}.positive sentences, "
+                                        "or use descriptions: none")
             suffixes = [f"{name}, {d.rstrip('.')}" for d in descriptions[name]]
         for text in suffixes:
             words, dot = tokenizer.encode(text), tokenizer.encode(".")
