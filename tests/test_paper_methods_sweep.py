@@ -6,7 +6,7 @@ import pytest
 from orchestrator.config import load_config
 from tests.test_sweep import _config, _trial_runs
 
-METHODS = ["cec+linear_probe", "cbsq+linear_probe", "sq+zeroshot"]
+METHODS = ["cec+linear_probe", "cbsq+linear_probe", "sq+zeroshot", "gcnal+linear_probe"]
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,8 @@ def test_every_paper_method_logs_every_round(paper_sweep):
     for method, run in runs.items():
         assert sorted(_history(client, run, "top1")) == [0, 1, 2, 3], method
     assert sorted(_history(client, runs["cec+linear_probe"], "select_cec_mean_uncertainty")) == [1, 2, 3]
+    gcn = _history(client, runs["gcnal+linear_probe"], "select_gcnal_train_accuracy")
+    assert sorted(gcn) == [2, 3]  # round 1 is its cold start: no labelled nodes, no GCN
     clusters = _history(client, runs["cbsq+linear_probe"], "select_cb_clusters")
     assert clusters == {1: 10, 2: 20, 3: 30}  # K = B * r with B = 10 classes
 
