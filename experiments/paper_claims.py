@@ -4,6 +4,8 @@
         --experiment cbsq-offline
     python experiments/paper_claims.py --tracking-uri sqlite:///$PWD/runs/cec-offline/mlflow.db \\
         --experiment cec-offline
+    python experiments/paper_claims.py --tracking-uri sqlite:///$PWD/runs/dualprompt-offline/mlflow.db \\
+        --experiment dualprompt-offline
 
 It reads the trials from MLflow (as experiments/report.py does), averages each
 method's accuracy and labels spent per round over seeds (and datasets), and
@@ -55,7 +57,20 @@ CLAIMS = {
               "cec-kmeans+coop", 6),
         Claim("weighted clustering beats greedy (Fig. 3 right), final round", "cec+coop", "cec-greedy+coop", 6),
     ],
+    "dualprompt": [
+        Claim("Ours_CoOp above CEC at 1 % (Table 1: 62.6 vs 60.2)", "ours_coop", "cec+coop", 1),
+        Claim("Ours_CoOp above CEC at 2 % (66.7 vs 65.5)", "ours_coop", "cec+coop", 2),
+        Claim("Ours_CoOp above CEC at 5 % (72.8 vs 71.8)", "ours_coop", "cec+coop", 5),
+        Claim("Ours_CoOp above Random at 1 % (62.6 vs 57.1)", "ours_coop", "random+coop", 1),
+        Claim("Ours_CoOp above Entropy at 1 % (62.6 vs 53.3)", "ours_coop", "entropy+coop", 1),
+        Claim("Ours above Ours_CoOp at 1 % (69.1 vs 62.6)", "ours", "ours_coop", 1),
+        Claim("Ours above Ours_CoOp at 5 % (74.7 vs 72.8)", "ours", "ours_coop", 5),
+        Claim("Ours above CEC at 1 % (69.1 vs 60.2)", "ours", "cec+coop", 1),
+    ],
 }
+
+#: Per-round ledger metrics of the methods that mine pseudo labels (the dual-prompt paper's transient set).
+MINING_METRICS = ["labels_transient", "precision_transient"]
 
 
 def per_round(df):
@@ -109,6 +124,18 @@ def _labels_to_reach(curve, accuracy: float) -> str:
     return "not reached"
 
 
+def mined_labels(df) -> list[dict]:
+    """Per method that mined, per round: mean size and precision of the pseudo-labelled set it trained on."""
+    if "precision_transient" not in df:
+        return []
+    mined = df.dropna(subset=["precision_transient"])
+    stats = mined.groupby(["method", "round"]).agg(size=("labels_transient", "mean"),
+                                                   precision=("precision_transient", "mean"))
+    return [{"method": m, **{f"r{r}": f"{row['precision'] * 100:.1f} % of {row['size']:.0f}"
+                             for r, row in stats.loc[m].iterrows()}}
+            for m in stats.index.get_level_values(0).unique()]
+
+
 def markdown(rows: list[dict]) -> str:
     if not rows:
         return "(nothing to show)"
@@ -129,16 +156,20 @@ def main(argv: list[str] | None = None) -> dict:
     paper = args.paper or next((p for p in CLAIMS if args.experiment.startswith(p)), None)
     if paper is None:
         raise SystemExit(f"cannot tell the paper from {args.experiment!r}; pass --paper ({', '.join(CLAIMS)})")
-    stats = per_round(load_trials(args.tracking_uri, args.experiment, metrics=[]))
+    df = load_trials(args.tracking_uri, args.experiment, metrics=MINING_METRICS if paper == "dualprompt" else [])
+    stats = per_round(df)
     claims = claim_rows(stats, CLAIMS[paper])
     print(f"## {args.experiment}: the paper's claims\n\n{markdown(claims)}\n")
     savings = label_savings(stats, "cbsq+coop_dual", "cb+coop_dual") if paper == "cbsq" else []
     if savings:
         print(f"## selective querying: labels spent, CB+SQ vs CB\n\n{markdown(savings)}\n")
+    mined = mined_labels(df) if paper == "dualprompt" else []
+    if mined:
+        print(f"## mined pseudo labels: precision and size per round (round 0: zero-shot top-K)\n\n{markdown(mined)}\n")
     curves = [{"method": m, **{f"r{r}": f"{row['mean']:.1f}" for r, row in stats.loc[m].iterrows()}}
               for m in stats.index.get_level_values(0).unique()]
     print(f"## top-1 per round (seed means)\n\n{markdown(curves)}\n")
-    summary = {"claims": claims, "savings": savings}
+    summary = {"claims": claims, "savings": savings, "mined": mined}
     print(json.dumps(summary))
     return summary
 

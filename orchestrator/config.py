@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .budget import BudgetSchedule
 
@@ -56,6 +56,10 @@ class MethodConfig(BaseModel):
     selector: SelectorConfig | None = None
     adaptation_labels: LabelSet = Field("all", description="'queried': the evaluated learner ignores free labels")
     selector_labels: LabelSet = "all"
+    datasets: list[str] | None = Field(None, description="run on these of the sweep's datasets only; None: all")
+
+    def runs_on(self, dataset: str) -> bool:
+        return self.datasets is None or dataset in self.datasets
 
     def parts(self) -> list[tuple[str, str, dict]]:
         """``(kind, name, options)`` of its strategy, its learner and its selector: what the registries build."""
@@ -143,6 +147,15 @@ class SweepConfig(BaseModel):
                              "distinct names (add `name: ...`), or the report would merge them")
         return methods
 
+    @model_validator(mode="after")
+    def _method_datasets(self):
+        for method in self.methods:
+            unknown = sorted(set(method.datasets or ()) - set(self.datasets))
+            if method.datasets is not None and (unknown or not method.datasets):
+                raise ValueError(f"method {method.name!r} lists datasets {unknown or '[]'} that the sweep does not "
+                                 f"run; its `datasets:` must name some of {self.datasets}")
+        return self
+
     @field_validator("datasets", "seeds")
     @classmethod
     def _non_empty(cls, items):
@@ -186,6 +199,8 @@ class SweepConfig(BaseModel):
         out = []
         for dataset, method, (budget_name, budget), seed in itertools.product(
                 self.datasets, self.methods, self.budgets.items(), self.seeds):
+            if not method.runs_on(dataset):
+                continue
             trial = {
                 "dataset": dataset,
                 "dataset_options": self.dataset_options.get(dataset, {}),
@@ -216,6 +231,7 @@ def _resolved_method(method: MethodConfig) -> dict:
     from methods.registry import ACQUISITIONS, ADAPTATIONS
 
     resolved = method.model_dump()
+    del resolved["datasets"]  # the trial names its dataset; the method's list only shapes the grid
     resolved["acquisition_options"] = ACQUISITIONS.resolve_options(method.acquisition, method.acquisition_options)
     resolved["adaptation_options"] = ADAPTATIONS.resolve_options(method.adaptation, method.adaptation_options)
     if method.selector is None:  # keys added after the first release enter the hash only when used

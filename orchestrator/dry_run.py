@@ -331,7 +331,8 @@ def label_group(config: SweepConfig, dataset: DatasetStatus, budget_name: str, s
     """Per-round labels of one dataset x budget, checked against the pool when its size is known."""
     from .budget import BudgetError
 
-    group = LabelGroup(dataset.name, budget_name, schedule.describe(), [m.name for m in config.methods],
+    group = LabelGroup(dataset.name, budget_name, schedule.describe(),
+                       [m.name for m in config.methods if m.runs_on(dataset.name)],
                        len(config.seeds), config.rounds, None, "")
     known = dataset.pool_size is not None
     if _needs_pool(schedule) and not known:

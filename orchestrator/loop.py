@@ -234,9 +234,10 @@ def _adapt(request: AdaptRequest, data: TrialData, ledger: BudgetLedger, previou
     return PackedPredictor.of(predictor), queries, time.perf_counter() - t0
 
 
-def _predict_images(predictor: PackedPredictor, images, split: str, plugins: tuple[str, ...] = ()) -> np.ndarray:
+def _predict_images(predictor: PackedPredictor, images, split: str, plugins: tuple[str, ...] = (),
+                    rows: np.ndarray | None = None) -> np.ndarray:
     load_plugins(plugins)
-    return predictor.unpack().predict_proba_images(images, split)
+    return predictor.unpack().predict_proba_images(images, split, rows)
 
 
 # ------------------------------------------------------------ the run
@@ -304,8 +305,26 @@ class ActiveLearningRun:
             selector, more, _ = self._fit(self.selector, _PHASE_SELECTOR, self.selector_labels == "queried",
                                           ledger, round_, previous.selector if previous else None)
             queries += more
+            self._check_selector_classes(predictor, selector)
         ledger.add_cost(BLACKBOX_QUERIES, queries)
         return predictor, selector, time.perf_counter() - t0
+
+    def _classes_of(self, predictor: Predictor) -> int:
+        """How many classes a predictor scores (one test row, through the pixels for an image predictor)."""
+        if predictor.on_pixels:
+            return self._call(_predict_images, PackedPredictor.of(predictor), self.data.images, "test",
+                              self.plugins, np.zeros(1, np.int64), gpus=self.adapt_gpus).shape[1]
+        return predictor.predict_proba(np.asarray(get(self.data.test_features)[:1])).shape[1]
+
+    def _check_selector_classes(self, predictor: Predictor, selector: Predictor) -> None:
+        """A selector must score the evaluated learner's class list, or its picks mean other classes."""
+        widths = {"selector": self._classes_of(selector), "adaptation": self._classes_of(predictor)}
+        if set(widths.values()) != {self.data.num_classes}:
+            raise SelectionError(
+                f"selector {self.selector[0]!r} scores {widths['selector']} classes and adaptation "
+                f"{self.adaptation[0]!r} {widths['adaptation']}, but the dataset has {self.data.num_classes} "
+                f"({', '.join(self.data.class_names[:5])}{', ...' if len(self.data.class_names) > 5 else ''}); "
+                "both learners must score the dataset's class list -- check their options and plug-ins")
 
     def _select_now(self, request: SelectRequest, predictor: Predictor, ledger: BudgetLedger
                     ) -> tuple[Selection, dict, float]:
@@ -404,9 +423,12 @@ def ledger_metrics(ledger: BudgetLedger, pool_labels: np.ndarray) -> dict[str, f
     rows, targets, pseudo = ledger.arrays()
     sources = ledger.sources_of(rows)
     correct = _matches(targets, pool_labels[rows])
+    transient = np.isin(rows, list(ledger.transient))
     out = {"labels_spent": float(ledger.spent), "labels_total": float(len(rows)), "pseudo_labels": float(pseudo.sum()),
            "pseudo_precision": float(correct[pseudo].mean()) if pseudo.any() else float("nan"),
-           "labels_transient": float(len(ledger.transient))}
+           "labels_transient": float(transient.sum())}
+    if transient.any():  # the transient set in force, whoever gave it (a bootstrap, then each round's mining)
+        out["precision_transient"] = float(correct[transient].mean())
     for source in SOURCES:
         mine = sources == source
         if source != ORACLE and mine.any():

@@ -70,7 +70,7 @@ UNFINISHED_STATUSES = ("FAILED", "RUNNING", "KILLED", "SCHEDULED")
 ID_COLUMNS = ["dataset", "method", "budget", "seed", "round", "labels_spent", "labels_total",
               "metric_name", "value"]
 RUN_COLUMNS = ["run_id", "status", "config_hash", "acquisition", "adaptation", "encoder",
-               "parent_run_id"]
+               "evaluated_model", "selector_model", "parent_run_id"]
 # Logged by the sweep but not a score: ``round`` duplicates the step, so fetching it is waste.
 SKIPPED_KEYS = {"round"}
 PERCENT_METRICS = {"top1", "macro_f1", "auc", "worst_class_acc", "ece"}
@@ -245,6 +245,7 @@ def _run_rows(run, history: dict[str, dict[int, float]]) -> list[dict]:
         "metric_name": metric, "run_id": run.info.run_id, "status": run.info.status,
         "config_hash": _config_hash(run), "acquisition": params.get("acquisition"),
         "adaptation": params.get("adaptation"), "encoder": params.get("encoder"),
+        "evaluated_model": params.get("evaluated_model"), "selector_model": params.get("selector_model"),
         "parent_run_id": tags.get(PARENT_TAG),
     }
     rows = []
@@ -509,7 +510,25 @@ def comparison_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     out["final_round"] = _final_table(per_dataset)
     for t in per_dataset:
         out[f"dataset__{t.attrs['dataset']}__{t.attrs['budget']}"] = t
+    note = model_roles_note(df)
+    for table in out.values():
+        if note:
+            table.attrs["caption"] = f"{table.attrs['caption']} {note}"
     return out
+
+
+def model_roles_note(df: pd.DataFrame) -> str:
+    """Which model each row's metric belongs to, for methods whose rows another model chose (or whose learner
+    ignored free labels); empty when every method is simply its own learner."""
+    if "evaluated_model" not in df or df["evaluated_model"].isna().all():
+        return ""
+    parts = []
+    for method, group in df.dropna(subset=["evaluated_model"]).groupby("method", sort=True):
+        first = group.iloc[0]
+        chooser = first.get("selector_model")
+        chosen = f", rows chosen by {chooser}" if isinstance(chooser, str) and chooser else ""
+        parts.append(f"{method}: metrics of {first['evaluated_model']}{chosen}")
+    return "Models: " + "; ".join(parts) + "; every other row is its own learner's."
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,7 +36,26 @@ def trial_params(trial: dict) -> dict[str, str]:
         "dataset": trial["dataset"], "budget": trial["budget_name"], "seed": str(trial["seed"]),
         "encoder": trial["encoder"], "config_hash": trial["config_hash"], "rounds": str(trial["rounds"]),
         "cold_start": trial["cold_start"], "metric": trial.get("metric", "top1"), "git_revision": git_revision(),
+        **model_roles(method),
     }
+
+
+def model_roles(method: dict) -> dict[str, str]:
+    """Which model chose the rows and which one the metrics belong to, when that is not simply the learner.
+
+    Logged only for methods with a ``selector`` or a learner trained on the oracle's labels alone, so runs
+    of other methods keep their parameters.
+    """
+    selector = method.get("selector")
+    if selector is None and method.get("adaptation_labels", "all") == "all":
+        return {}
+    labels = {"all": "all labels", "queried": "queried labels only"}
+    evaluated = f"{method['adaptation']} ({labels[method.get('adaptation_labels', 'all')]})"
+    roles = {"evaluated_model": evaluated}
+    if selector is not None:
+        roles.update(selector=selector["adaptation"],
+                     selector_model=f"{selector['adaptation']} ({labels[method.get('selector_labels', 'all')]})")
+    return roles
 
 
 def artifact_location(tracking_uri: str, experiment: str) -> str | None:

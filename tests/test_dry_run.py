@@ -147,7 +147,13 @@ PAPER_CONFIGS = {
     # Table 11: 6 datasets x (random + 3 cold starts x 2 feature spaces) x 3 seeds; one round of B = C
     "cbsq_cold_start.yaml": (126, "ViT-B-32:openai", {"caltech101": 100, "oxford_pets": 37, "stanford_cars": 196,
                                                       "flowers102": 102, "fgvc_aircraft": 100, "dtd": 47}),
+    # Table 1: 6 datasets x 10 methods; Tables 2-3: 3 datasets x 12 methods; 3 seeds; CEC's 1 % rounds
+    "dualprompt.yaml": (288, "ViT-B-16:openai", {"dtd": 168, "caltech101": 246, "eurosat": 810, "fgvc_aircraft": 198,
+                                                 "flowers102": 246, "ucf101": 456}),
 }
+#: Methods per dataset where a paper config restricts some methods to some datasets.
+METHODS_PER_DATASET = {"dualprompt.yaml": {"dtd": 22, "flowers102": 22, "ucf101": 22, "caltech101": 10,
+                                           "eurosat": 10, "fgvc_aircraft": 10}}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_CONFIGS))
@@ -164,8 +170,10 @@ def test_paper_configs_resolve_and_report_what_is_missing(capsys, empty_root, na
     assert set(summary["datasets"]) == set(per_trial)
     assert not any(d["present"] for d in summary["datasets"].values())
     assert {g["dataset"]: g["labels_per_trial"] for g in summary["labels"]} == per_trial
-    methods = len(summary["labels"][0]["methods"])
-    assert summary["labels_total"] == 3 * methods * sum(per_trial.values())
+    methods = {g["dataset"]: len(g["methods"]) for g in summary["labels"]}
+    if name in METHODS_PER_DATASET:
+        assert methods == METHODS_PER_DATASET[name]
+    assert summary["labels_total"] == sum(3 * methods[d] * n for d, n in per_trial.items())
     try:
         parse_encoder(encoder)
         available = True
@@ -175,3 +183,17 @@ def test_paper_configs_resolve_and_report_what_is_missing(capsys, empty_root, na
     if name.startswith("cbsq"):  # the learners train with class descriptions, read from the cards' files
         assert all(d["descriptions"]["source"] == "file" and not d["descriptions"]["present"]
                    for d in summary["datasets"].values())
+
+
+def test_a_method_can_run_on_some_datasets_only(tmp_path):
+    from orchestrator.config import ConfigError, load_config
+
+    methods = ["random+zeroshot", {"acquisition": "entropy", "adaptation": "zeroshot", "datasets": ["synth-scans"]}]
+    path = _config(tmp_path, datasets=["synth-shapes", "synth-scans"], methods=methods)
+    trials = load_config(path).trials()
+    assert sorted((t["dataset"], t["method"]["name"]) for t in trials) == [
+        ("synth-scans", "entropy+zeroshot"), ("synth-scans", "random+zeroshot"), ("synth-shapes", "random+zeroshot")]
+    assert "datasets" not in trials[0]["method"]  # the list shapes the grid, not the trial's identity
+    methods[1]["datasets"] = ["synth-lesions"]
+    with pytest.raises(ConfigError, match="lists datasets \\['synth-lesions'\\] that the sweep does not run"):
+        load_config(_config(tmp_path, datasets=["synth-shapes", "synth-scans"], methods=methods))

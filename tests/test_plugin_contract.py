@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from methods.base import (BLACKBOX, CLASS_EMBEDDINGS, EMBEDDINGS, IMAGES, POOL_FEATURES, PREDICTOR, PROBS,
-                          PROVENANCE, TEXT_FEATURES, output_name)
+                          PROVENANCE, TEXT_FEATURES, output_name, predictor_output)
 from methods.registry import ACQUISITIONS, ADAPTATIONS
 from orchestrator.budget import BudgetLedger, PerRound
 from orchestrator.contexts import LedgerView, TrialData, selection_context
@@ -54,8 +54,12 @@ def _fast(name: str) -> dict:
     return {"epochs": 2} if "epochs" in ADAPTATIONS.resolve_options(name, {}) else {}
 
 
+#: Options that fit a strategy's defaults to the 120-row test pool (dual-prompt mining takes 16 per class).
+SMALL_POOL = {"dual_uncertainty": {"mine_k": 4, "bootstrap_k": 4}}
+
+
 def _run(data, acq, ada, cold="none", rounds=2):
-    return ActiveLearningRun((acq, {}), (ada, _fast(ada)), PerRound(count=6), rounds, seed=5, data=data,
+    return ActiveLearningRun((acq, SMALL_POOL.get(acq, {})), (ada, _fast(ada)), PerRound(count=6), rounds, seed=5, data=data,
                              cold_start=cold, remote=False)
 
 
@@ -63,14 +67,29 @@ def _history(run):
     return [({k: v for k, v in m.items() if not k.startswith("seconds")}, q) for _, m, q in run.rounds()]
 
 
+def _partner(strategy) -> str:
+    """The learner a strategy is tested with: the linear probe, unless it needs an output only another gives."""
+    return "dual_prompt" if predictor_output("clean_prob") in strategy.requires else "linear_probe"
+
+
+def _partner_predictor(data, learner: str):
+    """Zero-shot for the probe's partners; a dual-prompt model fitted on a quarter of the pool for its partners."""
+    if learner == "linear_probe":
+        return ADAPTATIONS.create("zeroshot").fit(None, _zeroshot_ctx(data), None)
+    ledger = BudgetLedger()
+    ledger.query(np.arange(0, 120, 4), data.pool_labels[::4])
+    return _adapt(AdaptRequest((learner, _fast(learner)), 1, seed=2), data, ledger, None)[0].unpack()
+
+
 @pytest.mark.parametrize("name", ACQUISITIONS.names())
 def test_strategy_is_seeded_cold_starts_and_needs_what_it_declares(tiny_data, name):
-    first = _history(_run(tiny_data, name, "linear_probe"))
-    np.testing.assert_equal(first, _history(_run(tiny_data, name, "linear_probe")))
-    cold = _history(_run(tiny_data, name, "linear_probe", cold="method", rounds=1))
+    strategy = ACQUISITIONS.create(name, **SMALL_POOL.get(name, {}))
+    learner = _partner(strategy)
+    first = _history(_run(tiny_data, name, learner))
+    np.testing.assert_equal(first, _history(_run(tiny_data, name, learner)))
+    cold = _history(_run(tiny_data, name, learner, cold="method", rounds=1))
     assert len(cold[1][1]) == 6
-    strategy = ACQUISITIONS.create(name)
-    predictor = ADAPTATIONS.create("zeroshot").fit(None, _zeroshot_ctx(tiny_data), None)
+    predictor = _partner_predictor(tiny_data, learner)
     view = LedgerView.of(BudgetLedger(), len(tiny_data.pool_labels))
     ctx = selection_context(strategy.requires, tiny_data, predictor, view, 1, None)
     base = strategy.select(ctx, 6, np.random.default_rng(0)).indices

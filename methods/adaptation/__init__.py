@@ -1,4 +1,4 @@
 """Adaptation learners; importing this package registers them."""
 
 from . import linear_probe, zeroshot  # noqa: F401
-from .prompting import coop, maple, vpt  # noqa: F401
+from .prompting import coop, dual, maple, vpt  # noqa: F401
