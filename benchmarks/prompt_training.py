@@ -1,4 +1,4 @@
-"""Prompt-training speed: CoOp on cached features next to CoOp through the image encoder, and VPT.
+"""Prompt-training speed: CoOp on cached features next to CoOp through the image encoder, dual prompts, and VPT.
 
 For C = 10, 100 and 1,000 classes, one CoOp step (batch 32) is timed two ways:
 
@@ -9,6 +9,9 @@ For C = 10, 100 and 1,000 classes, one CoOp step (batch 32) is timed two ways:
 
 Both run the same text side (chunked class prompts with gradient
 checkpointing), so the ratio is what caching the frozen image features buys.
+A dual-prompt step (``dual_prompt``, visual: none) is timed beside them: 16
+labelled + 64 pseudo-labelled cached rows against the positive *and* the
+negative class prompts, i.e. two text-tower passes per step.
 On a GPU it also measures VPT (shallow, 8 tokens) training images/s and the
 peak memory of CoOp at C = 1,000 with and without chunked class prompts.
 Each configuration runs in its own process, so peak memory is its own. The
@@ -78,6 +81,27 @@ def _measure(config: dict) -> dict:
             with autocast:
                 feats = torch.nn.functional.normalize(tower(pixels, shallow=prompts), dim=-1)
                 loss = torch.nn.functional.cross_entropy(100 * feats @ text.T, labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    elif config["kind"] == "dual_feature":
+        from methods.adaptation.prompting.dual import complement_labels, dual_prompt_loss
+
+        names = [f"class number {i}" for i in range(config["classes"])]
+        text = PromptedTextEncoder(clip.model, build_layout(clip.tokenizer, names, n_ctx=16), device,
+                                   chunk=config["chunk"], checkpoint=True)
+        contexts = [torch.nn.Parameter(torch.randn(16, text.width, device=device) * 0.02) for _ in range(2)]
+        opt = torch.optim.SGD(contexts, lr=1e-2)
+        features = torch.nn.functional.normalize(torch.randn(batch, clip.model.text_projection.shape[1],
+                                                             device=device), dim=-1)
+        labels = torch.randint(0, config["classes"], (batch,), device=device)
+        generator = torch.Generator().manual_seed(0)
+
+        def step():
+            with autocast:
+                pos, neg = text.class_features(contexts[0]), text.class_features(contexts[1])
+                loss = dual_prompt_loss(features @ pos.T, features @ neg.T, labels,
+                                        complement_labels(labels, config["classes"], generator), 100.0, 1.0)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -161,8 +185,12 @@ def main(argv: list[str] | None = None) -> dict:
     for classes in [int(c) for c in args.classes.split(",")]:
         feature = _spawn({**base, "kind": "coop_feature", "classes": classes}, args.timeout)
         image = _spawn({**base, "kind": "coop_image", "classes": classes}, args.timeout)
+        dual = _spawn({**base, "kind": "dual_feature", "classes": classes, "batch": 16 + 64}, args.timeout)
         ratio = feature.get("steps_per_s", 0) / image["steps_per_s"] if image.get("steps_per_s") else None
-        rows.append({"classes": classes, "feature": feature, "image": image, "speedup": ratio})
+        dual_cost = feature["steps_per_s"] / dual["steps_per_s"] if dual.get("steps_per_s") and \
+            feature.get("steps_per_s") else None
+        rows.append({"classes": classes, "feature": feature, "image": image, "speedup": ratio, "dual": dual,
+                     "dual_step_cost": dual_cost})
     extra = {}
     if device.startswith("cuda"):
         extra["vpt"] = _spawn({**base, "kind": "vpt", "classes": 1000}, args.timeout)
@@ -171,13 +199,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     memory = "peak_gpu_mb" if device.startswith("cuda") else "peak_rss_mb"
     table = Table(title=f"CoOp step (batch {args.batch}) on {args.model}, {device}: cached features vs image path")
-    for col in ("classes", "feature steps/s", f"feature {memory}", "image steps/s", f"image {memory}", "speed-up"):
+    for col in ("classes", "feature steps/s", f"feature {memory}", "image steps/s", f"image {memory}", "speed-up",
+                "dual (16+64) steps/s", "dual vs CoOp step"):
         table.add_column(col, justify="right")
     for r in rows:
-        f, i = r["feature"], r["image"]
+        f, i, d = r["feature"], r["image"], r["dual"]
         table.add_row(str(r["classes"]), f"{f.get('steps_per_s', 0):.1f}" if "error" not in f else f["error"],
                       f"{f.get(memory, 0):.0f}", f"{i.get('steps_per_s', 0):.1f}" if "error" not in i else i["error"],
-                      f"{i.get(memory, 0):.0f}", f"{r['speedup']:.1f}x" if r["speedup"] else "-")
+                      f"{i.get(memory, 0):.0f}", f"{r['speedup']:.1f}x" if r["speedup"] else "-",
+                      f"{d.get('steps_per_s', 0):.1f}" if "error" not in d else d["error"],
+                      f"{r['dual_step_cost']:.2f}x" if r["dual_step_cost"] else "-")
     console = Console()
     console.print(table)
     for key, r in extra.items():

@@ -29,13 +29,19 @@ class SourceSpec(BaseModel):
     obtain: str = Field(description="How a user gets the data onto disk, and the layout expected there.")
 
 
+ATTRIBUTE_KINDS = ("positive", "discriminative", "confusion")
+
+
 class ClassAttributes(BaseModel):
-    """Attribute sentences of one class (BioMedVR / AttrVR style)."""
+    """Attribute sentences of one class (AttrVR / BioMedVR style)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    positive: list[str] = Field(default_factory=list, description="descriptive / discriminative traits")
-    confusion: list[str] = Field(default_factory=list, description="what separates it from its look-alikes")
+    positive: list[str] = Field(default_factory=list, description="descriptive traits (AttrVR's descriptive set)")
+    discriminative: list[str] = Field(default_factory=list,
+                                      description="what tells it apart from the other classes (AttrVR)")
+    confusion: list[str] = Field(default_factory=list,
+                                 description="confusion-aware negatives: how its look-alikes appear (BioMedVR eq. 10)")
 
 
 class DescriptionFile(BaseModel):
@@ -61,6 +67,9 @@ class DatasetCard(BaseModel):
     descriptions: DescriptionFile | None = Field(
         None, description="a class-description file whose sentences replace attributes.<class>.positive for "
                           "`descriptions: ensemble`; a bare string is the file")
+    attribute_files: dict[Literal[ATTRIBUTE_KINDS], DescriptionFile] = Field(
+        default_factory=dict, description="per kind (positive, discriminative, confusion) a {class: [sentence]} "
+                                          "JSON file (AttrVR's layout) replacing that kind of `attributes`")
     modality: str
     task: Task = "multiclass"
     metric: Metric = "accuracy"
@@ -98,6 +107,11 @@ class DatasetCard(BaseModel):
     @classmethod
     def _description_file(cls, value):
         return {"file": value} if isinstance(value, str) else value
+
+    @field_validator("attribute_files", mode="before")
+    @classmethod
+    def _attribute_files(cls, value):
+        return {k: {"file": v} if isinstance(v, str) else v for k, v in (value or {}).items()}
 
     @model_validator(mode="after")
     def _attributes_name_known_classes(self) -> "DatasetCard":

@@ -1,8 +1,8 @@
 """Built-in preparation: the card's attribute sentences, encoded once by the frozen text tower.
 
 BioMedVR (and AttrVR before it) score an image against per-class attribute
-embeddings: descriptive ("positive") sentences and confusion-aware ones that
-say how a class differs from its look-alikes. The text tower is frozen, so
+embeddings: descriptive ("positive"), discriminative (AttrVR) and
+confusion-aware sentences (how a class's look-alikes appear, BioMedVR). The text tower is frozen, so
 these embeddings never change during a sweep; they are computed here once per
 dataset and encoder instead of once per trial.
 """
@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from .options import PluginOptions
 from .preparation import Preparation, PreparationInputs, register_preparation
 
-KINDS = ("positive", "confusion")
+KINDS = ("positive", "discriminative", "confusion")
 
 
 def attribute_sentences(inputs: PreparationInputs) -> dict[str, tuple[list[str], np.ndarray]]:
@@ -33,13 +33,13 @@ def attribute_sentences(inputs: PreparationInputs) -> dict[str, tuple[list[str],
 
 @register_preparation("attribute_embeddings")
 class AttributeEmbeddings(Preparation):
-    """``positive`` (S_pos, D), ``positive_class`` (S_pos,), ``confusion`` (S_neg, D), ``confusion_class`` (S_neg,).
+    """Per kind (``positive``, ``discriminative``, ``confusion``) an (S, D) array and ``<kind>_class`` (S,).
 
     Rows are L2-normalised float32 text embeddings. ``template`` wraps each
     sentence before encoding (default ``"{}"``: the sentence as the card writes it).
     """
 
-    version = 1
+    version = 2  # 2: the discriminative kind
 
     class Options(PluginOptions):
         template: str = Field("{}", description="wraps each sentence before encoding")
@@ -59,7 +59,8 @@ class AttributeEmbeddings(Preparation):
         if not every:
             raise ValueError(
                 f"dataset {inputs.dataset} has no attribute sentences in its card; add `attributes:` with "
-                "`positive:` and/or `confusion:` sentences per class to its card, or drop the method that "
+                "`positive:`, `discriminative:` and/or `confusion:` sentences per class to its card (or its "
+                "`attribute_files:`), or drop the method that "
                 "needs attribute_embeddings"
             )
         encoder = load_encoder(inputs.encoder, inputs.precision, inputs.device)

@@ -35,7 +35,7 @@ PROVENANCE = "provenance"  # who gave each labelled row's label (oracle, selecti
 # learners only
 UNLABELLED = "unlabelled"  # the unlabelled pool's row ids (with POOL_FEATURES: their features; IMAGES: pixels)
 DESCRIPTIONS = "descriptions"  # the card's positive attribute sentences per class
-ATTRIBUTES = "attributes"  # the card's positive and confusion-aware attribute sentences per class
+ATTRIBUTES = "attributes"  # the card's descriptive, discriminative and confusion-aware sentences per class
 
 STRATEGY_INPUTS = frozenset({POOL_FEATURES, PROBS, TEXT_FEATURES, CLASS_EMBEDDINGS, EMBEDDINGS, IMAGES, BLACKBOX,
                              PREDICTOR, PROVENANCE})
@@ -235,7 +235,7 @@ class AdaptContext:
     class_names: list[str] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)
     descriptions: dict[str, list[str]] = field(default_factory=dict)  # class name -> positive sentences
-    attributes: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # class -> {positive, confusion}
+    attributes: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # class -> {positive, discriminative, confusion}
     images: ImageAccess | None = None
     blackbox: BlackBox | None = None
     pool_features: np.ndarray | None = None  # (N, D) the whole pool (POOL_FEATURES)

@@ -51,7 +51,7 @@ class PreparationInputs:
     encoder: str
     precision: str
     class_names: list[str]
-    attributes: dict[str, dict[str, list[str]]]  # class -> {"positive": [...], "confusion": [...]}
+    attributes: dict[str, dict[str, list[str]]]  # class -> {"positive", "discriminative", "confusion": [...]}
     pool_features: np.ndarray | None = None
     images: Any = None  # an ImageAccess-like object: pixels(split, rows), size(split)
     device: str | None = None

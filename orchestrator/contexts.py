@@ -35,7 +35,7 @@ class TrialData:
     precision: str = "fp32"
     class_names: list[str] = field(default_factory=list)
     templates: list[str] = field(default_factory=list)
-    attributes: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # class -> {positive, confusion}
+    attributes: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # class -> {positive, discriminative, confusion}
     images: ImageAccess | None = None  # pixels of pool and test, for plug-ins that use the image path
     blackbox: Any = None  # a picklable spec with .open() -> BlackBox, when the sweep configures one
     prepared: dict[str, dict[str, Any]] = field(default_factory=dict)  # preparation name -> its arrays

@@ -73,10 +73,11 @@ def requested_names(requires: Iterable[str]) -> list[str]:
 def card_inputs(dataset: str, encoder: str, precision: str = "fp32", pool_features: np.ndarray | None = None,
                 images=None, device: str | None = None, identity: dict | None = None) -> PreparationInputs:
     """Inputs built from the dataset card (class names, attributes); the sweep adds pool data when it has it."""
+    from datasets.attributes import card_attributes
     from datasets.registry import get_card
 
     card = get_card(dataset)
-    attributes = {c: {"positive": list(a.positive), "confusion": list(a.confusion)} for c, a in card.attributes.items()}
+    attributes = card_attributes(card)  # inline, or the card's attribute files (a missing file is an error)
     return PreparationInputs(dataset, encoder, precision, list(card.classes), attributes, pool_features, images,
                              device, dict(identity or {}))
 

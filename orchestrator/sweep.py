@@ -73,8 +73,30 @@ def sweep_descriptions(config: SweepConfig) -> dict[str, dict[str, list[str]]]:
     return {n: d for n, d in loaded.items() if d is not None}
 
 
-def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str]]] | None = None
-                 ) -> dict[str, dict]:
+def uses_attributes(config: SweepConfig) -> bool:
+    """Whether a plug-in of the sweep reads attribute sentences (directly or through their embeddings)."""
+    from methods.base import ATTRIBUTES, prepared
+    from methods.registry import ACQUISITIONS, ADAPTATIONS
+
+    registries = {"acquisition": ACQUISITIONS, "adaptation": ADAPTATIONS}
+    wanted = {ATTRIBUTES, prepared("attribute_embeddings")}
+    return any(wanted & registries[kind].create(name, **opts).requires
+               for m in config.methods for kind, name, opts in m.parts())
+
+
+def sweep_attributes(config: SweepConfig) -> dict[str, dict[str, dict[str, list[str]]]]:
+    """Each dataset's attribute sentences; the cards' attribute files are read only when a plug-in uses them,
+    on the driver before Ray starts (a missing file fails naming its path)."""
+    from datasets.attributes import card_attributes
+    from datasets.registry import get_card
+
+    if uses_attributes(config):
+        return {n: card_attributes(get_card(n)) for n in config.datasets}
+    return {n: {c: a.model_dump() for c, a in get_card(n).attributes.items()} for n in config.datasets}
+
+
+def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str]]] | None = None,
+                 attributes: dict[str, dict] | None = None) -> dict[str, dict]:
     """Embed (or reuse) every split the sweep needs and put the arrays in the object store once."""
     import ray
 
@@ -86,6 +108,7 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
 
     cache = Path(config.cache).expanduser() if config.cache else DEFAULT_CACHE
     descriptions = sweep_descriptions(config) if descriptions is None else descriptions
+    attributes = sweep_attributes(config) if attributes is None else attributes
     refs: dict[str, dict] = {}
     steps = _preparation_names(config)  # the preparation steps some plug-in of the sweep declares
     by_options: dict[str, list[str]] = {}
@@ -115,7 +138,7 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
                 "pool_size": len(pool),
                 "encoder": config.encoder, "precision": config.precision, "class_names": list(card.classes),
                 "templates": card.prompts(config.protocol),
-                "attributes": {c: a.model_dump() for c, a in card.attributes.items()},
+                "attributes": attributes[n],
                 "images": images,
                 "blackbox": _blackbox_spec(config, card),
                 "prepared": _prepared(config, steps, n, cache, pool, images),
@@ -260,10 +283,11 @@ def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = 
     workdir = config.workdir_path
     workdir.mkdir(parents=True, exist_ok=True)
     descriptions = sweep_descriptions(config)  # a missing description file fails before Ray starts
+    attributes = sweep_attributes(config)  # so does a missing attribute file
     ensure_ray(config.address)
     _say(console, f"embedding {len(config.datasets)} dataset(s) with {config.encoder} (cached after the first run)")
     t_embed = time.time()
-    data = prepare_data(config, descriptions)
+    data = prepare_data(config, descriptions, attributes)
     embed_seconds = time.time() - t_embed
 
     trials = config.trials()

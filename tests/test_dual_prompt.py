@@ -286,3 +286,21 @@ def test_a_selector_with_another_class_list_is_refused_before_round_one(scans):
 
     with pytest.raises(SelectionError, match="selector 'test_eleven_classes' scores 11 classes .* dataset has 10"):
         list(_run(scans, rounds=1, selector=("test_eleven_classes", FAST)).rounds())
+
+
+def test_dual_uncertainty_over_a_learner_without_clean_probability_is_refused_at_config_load(tmp_path):
+    import yaml
+
+    from orchestrator.config import ConfigError, load_config
+
+    config = {"name": "bad", "datasets": ["synth-scans"], "methods": ["dual_uncertainty+coop"],
+              "budgets": {"b": {"kind": "per_round", "count": 5}}, "workdir": str(tmp_path)}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"needs \['output:clean_prob'\], which learner 'coop' does not provide"
+                                          r".*selector"):
+        load_config(path)
+    config["methods"] = [{"acquisition": "dual_uncertainty", "adaptation": "coop", "adaptation_labels": "queried",
+                          "selector": {"adaptation": "dual_prompt"}}]
+    path.write_text(yaml.safe_dump(config))
+    assert load_config(path).trials()[0]["method"]["selector"]["adaptation"] == "dual_prompt"

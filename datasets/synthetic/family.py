@@ -205,29 +205,45 @@ def _class_parts(spec_name: str) -> dict[str, tuple[str | None, str]]:
 
 
 def class_attributes(spec_name: str) -> dict[str, dict[str, list[str]]]:
-    """Positive and confusion-aware attribute sentences for every class of a member."""
-    spec = FAMILY[spec_name]
+    """Descriptive, discriminative and confusion-aware attribute sentences for every class of a member.
+
+    The renderer's own look-alike pairs (``SHAPE_CONFUSIONS``, ``PATTERN_CONFUSIONS``) play the LLM of
+    BioMedVR eq. 10: a class's *confusion* sentences describe how its look-alike appears, its
+    *discriminative* ones what tells the two apart (AttrVR's second set). Every kind holds at least three
+    sentences per class, so top-k scoring with AttrVR's k = 3 works on every member.
+    """
     if spec_name == "synth-lesions":
         return {
-            "normal": {"positive": ["uniform textured tissue", "no bright spot"],
-                       "confusion": ["no small round blob, unlike a lesion"]},
-            "lesion": {"positive": ["a small faint round spot", "a blob brighter than the tissue"],
-                       "confusion": ["a compact bright blob, unlike normal tissue texture"]},
+            "normal": {"positive": ["uniform textured tissue", "no bright spot", "even grayscale noise"],
+                       "discriminative": ["no small round blob, unlike a lesion", "no region brighter than the rest",
+                                          "texture without any compact spot"],
+                       "confusion": ["a small faint round spot", "a blob brighter than the tissue",
+                                     "a compact bright region"]},
+            "lesion": {"positive": ["a small faint round spot", "a blob brighter than the tissue",
+                                    "a compact bright region"],
+                       "discriminative": ["a compact bright blob, unlike normal tissue texture",
+                                          "one spot brighter than its surroundings", "a round region in the noise"],
+                       "confusion": ["uniform textured tissue", "no bright spot", "even grayscale noise"]},
         }
-    attrs: dict[str, dict[str, list[str]]] = {}
-    for name in spec.classes:
-        pattern, shape = _class_parts(spec_name)[name]
-        positive = [f"a shape with {t}" for t in SHAPE_TRAITS[shape]]
-        other, cue = SHAPE_CONFUSIONS[shape]
-        confusion = [f"{cue}, unlike a {other}"]
-        if pattern is not None:
-            positive.insert(0, PATTERN_TRAITS[pattern])
-            look_alike, pattern_cue = PATTERN_CONFUSIONS[pattern]
-            confusion.append(f"{pattern_cue}, unlike a {look_alike} fill")
-        if spec_name == "synth-scans":
-            positive.append("a faint bright region in grayscale noise")
-        attrs[name] = {"positive": positive, "confusion": confusion}
-    return attrs
+    return {name: _shape_class_attributes(spec_name, *_class_parts(spec_name)[name]) for name in FAMILY[spec_name].classes}
+
+
+def _shape_class_attributes(spec_name: str, pattern: str | None, shape: str) -> dict[str, list[str]]:
+    other, cue = SHAPE_CONFUSIONS[shape]
+    own = [t for t in SHAPE_TRAITS[shape] if t not in SHAPE_TRAITS[other]]
+    positive = [f"a shape with {t}" for t in SHAPE_TRAITS[shape]]
+    discriminative = [f"{cue}, unlike a {other}"] + [f"{t}, which a {other} does not have" for t in own]
+    confusion = [f"a shape with {t}, as a {other} has" for t in SHAPE_TRAITS[other]]
+    if pattern is not None:
+        look_alike, pattern_cue = PATTERN_CONFUSIONS[pattern]
+        positive.insert(0, PATTERN_TRAITS[pattern])
+        discriminative.append(f"{pattern_cue}, unlike a {look_alike} fill")
+        confusion.append(f"{PATTERN_TRAITS[look_alike]}, as a {look_alike} fill has")
+    if spec_name == "synth-scans":
+        positive.append("a faint bright region in grayscale noise")
+    if len(discriminative) < 3:  # look-alikes that share most traits: name the trait the look-alike lacks
+        discriminative.append(f"not a {other}")
+    return {"positive": positive, "discriminative": discriminative, "confusion": confusion}
 
 
 # --------------------------------------------------------------------------

@@ -2,3 +2,4 @@
 
 from . import linear_probe, zeroshot  # noqa: F401
 from .prompting import coop, dual, maple, vpt  # noqa: F401
+from .reprogramming import learners  # noqa: F401

@@ -52,6 +52,13 @@ PRESETS: dict[str, Recipe] = {
     "vpt": Recipe(lr=5.0, epochs=50, batch_size=32, augment=True),
     # MaPLe (Khattak et al., CVPR 2023): SGD 0.0035, batch 4, 5 epochs, one warm-up epoch at 1e-5.
     "maple": Recipe(lr=0.0035, epochs=5, batch_size=4),
+    # Visual reprogramming (methods/adaptation/reprogramming): SGD with momentum 0.9 and cosine, no weight decay.
+    # VP (Bahng et al. 2022): lr 40, 1,000 epochs, batch 256.
+    "vp": Recipe(lr=40.0, epochs=1000, batch_size=256, weight_decay=0.0, warmup_epochs=0),
+    # AttrVR's public settings, also its AR baseline's: lr 40, 200 epochs, batch 64.
+    "attrvr": Recipe(lr=40.0, epochs=200, batch_size=64, weight_decay=0.0, warmup_epochs=0),
+    # BioMedVR Sec. 4.1: lr 40, 400 epochs, batch 512.
+    "biomedvr": Recipe(lr=40.0, epochs=400, batch_size=512, weight_decay=0.0, warmup_epochs=0),
     # The offline default and tests: the same schedule shape, far fewer epochs.
     "fast": Recipe(lr=0.002, epochs=30, batch_size=32),
 }
