@@ -32,18 +32,21 @@ IMAGES = "images"  # an image source to re-read pixels of the pool and the test 
 BLACKBOX = "blackbox"  # a handle that answers output distributions only, and counts every image asked about
 PREDICTOR = "predictor"  # the current predictor on cached features, for strategies that perturb its inputs
 PROVENANCE = "provenance"  # who gave each labelled row's label (oracle, selective, bootstrap, ...), transient rows
+#: The pool's true labels. Only a few-shot protocol's sampler (k labelled images per class, drawn at random)
+#: may declare it; an active-learning strategy that read it would be choosing with the answers.
+POOL_LABELS = "pool_labels"
 # learners only
 UNLABELLED = "unlabelled"  # the unlabelled pool's row ids (with POOL_FEATURES: their features; IMAGES: pixels)
 DESCRIPTIONS = "descriptions"  # the card's positive attribute sentences per class
 ATTRIBUTES = "attributes"  # the card's descriptive, discriminative and confusion-aware sentences per class
 
 STRATEGY_INPUTS = frozenset({POOL_FEATURES, PROBS, TEXT_FEATURES, CLASS_EMBEDDINGS, EMBEDDINGS, IMAGES, BLACKBOX,
-                             PREDICTOR, PROVENANCE})
+                             PREDICTOR, PROVENANCE, POOL_LABELS})
 LEARNER_INPUTS = frozenset({POOL_FEATURES, TEXT_FEATURES, IMAGES, BLACKBOX, UNLABELLED, DESCRIPTIONS, ATTRIBUTES,
                             PROVENANCE})
 #: What the loop and the data provide whatever the learner; the rest comes from the learner's predictors.
-DATA_INPUTS = frozenset({POOL_FEATURES, TEXT_FEATURES, IMAGES, PROVENANCE, BLACKBOX, UNLABELLED, DESCRIPTIONS,
-                         ATTRIBUTES})
+DATA_INPUTS = frozenset({POOL_FEATURES, TEXT_FEATURES, IMAGES, PROVENANCE, POOL_LABELS, BLACKBOX, UNLABELLED,
+                         DESCRIPTIONS, ATTRIBUTES})
 #: Model inputs a feature-path predictor (zero-shot, probes, the CoOp family) provides.
 FEATURE_PREDICTOR_PROVIDES = frozenset({PROBS, CLASS_EMBEDDINGS, EMBEDDINGS, PREDICTOR})
 #: An image-path predictor (VPT, MaPLe) scores pixels, so strategies cannot perturb cached features through it.
@@ -119,6 +122,7 @@ class SelectionContext:
     blackbox: BlackBox | None = None
     labelled_sources: np.ndarray | None = None  # (n,) str: who gave each labelled row's label (PROVENANCE)
     transient: dict[int, Any] | None = None  # transient pseudo labels in force, row -> label (PROVENANCE)
+    pool_labels: np.ndarray | None = None  # (N,) true labels of the whole pool (POOL_LABELS: few-shot samplers only)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)  # declared named predictor outputs, (N, ...)
     extras: dict = field(default_factory=dict)  # diagnostics a strategy notes; logged with the round
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from methods.base import (ATTRIBUTES, BLACKBOX, CLASS_EMBEDDINGS, DESCRIPTIONS, EMBEDDINGS, IMAGES, POOL_FEATURES,
-                          PREDICTOR, PROBS, PROVENANCE, TEXT_FEATURES, UNLABELLED, AdaptContext, BlackBox,
+                          POOL_LABELS, PREDICTOR, PROBS, PROVENANCE, TEXT_FEATURES, UNLABELLED, AdaptContext, BlackBox,
                           ImageAccess, Predictor, SelectionContext, TrainSet, output_name, prepared_name)
 
 
@@ -113,6 +113,7 @@ def selection_context(needs: frozenset[str], data: TrialData, predictor: Predict
         blackbox=blackbox if BLACKBOX in needs else None,
         labelled_sources=view.sources if PROVENANCE in needs else None,
         transient=dict(view.transient) if PROVENANCE in needs else None,
+        pool_labels=np.asarray(get(data.pool_labels)) if POOL_LABELS in needs else None,
         outputs=_pool_outputs(needs, predictor, features, data.images),
     )
 

@@ -58,6 +58,7 @@ class DatasetStatus:
     pool_size: int | None = None
     pool_size_from: str = "unknown"  # cache | data | card | unknown
     descriptions: dict | None = None  # only when a learner uses descriptions
+    attributes: dict | None = None  # only when a plug-in uses attribute sentences
 
     @property
     def present(self) -> bool:
@@ -66,6 +67,10 @@ class DatasetStatus:
     @property
     def descriptions_present(self) -> bool:
         return self.descriptions is None or bool(self.descriptions.get("present"))
+
+    @property
+    def attributes_present(self) -> bool:
+        return self.attributes is None or bool(self.attributes.get("present"))
 
 
 @dataclass
@@ -119,6 +124,8 @@ class DryRunReport:
             out += [f"dataset {d.name} ({s.split}): {s.error}" for s in d.splits if not s.present]
             if not d.descriptions_present:
                 out.append(f"dataset {d.name} (class descriptions): {d.descriptions.get('error')}")
+            if not d.attributes_present:
+                out.append(f"dataset {d.name} (attribute sentences): {d.attributes.get('error')}")
         out += [f"{e.role} {e.name}: {e.error}" for e in self.encoders if not e.available]
         return out
 
@@ -276,7 +283,25 @@ def check_descriptions(card) -> dict:
     return out
 
 
-def check_dataset(config: SweepConfig, name: str, cache_root: Path, spec, needs_descriptions: bool) -> DatasetStatus:
+def check_attributes(card) -> dict:
+    """Whether the attribute sentences (inline, or the card's attribute files) are here for every class."""
+    from datasets.attributes import attribute_file_status, card_attributes
+    from datasets.descriptions import DescriptionsMismatchError, DescriptionsNotFoundError
+
+    out = {"source": "files" if card.attribute_files else "card", "files": attribute_file_status(card)}
+    try:
+        found = card_attributes(card)
+    except (DescriptionsNotFoundError, DescriptionsMismatchError) as exc:
+        return {**out, "present": False, "error": str(exc)}
+    missing = [c for c in card.classes if c not in found]
+    if missing:
+        return {**out, "present": False, "error": f"{len(missing)} classes have no attribute sentences (e.g. "
+                f"{missing[:5]}); add `attribute_files:` (AttrVR's JSON layout) or `attributes:` to the card"}
+    return {**out, "present": True, "classes": len(found)}
+
+
+def check_dataset(config: SweepConfig, name: str, cache_root: Path, spec, needs_descriptions: bool,
+                  needs_attributes: bool = False) -> DatasetStatus:
     from datasets.registry import get_card
 
     card = get_card(name)
@@ -287,6 +312,8 @@ def check_dataset(config: SweepConfig, name: str, cache_root: Path, spec, needs_
     status.pool_size, status.pool_size_from = pool_size(card, config.pool_split, checked[0][1], cache_root, spec)
     if needs_descriptions:
         status.descriptions = check_descriptions(card)
+    if needs_attributes:
+        status.attributes = check_attributes(card)
     return status
 
 
@@ -363,15 +390,16 @@ def dry_run(config: SweepConfig) -> DryRunReport:
     from datasets.sources.base import default_data_root
 
     from .features import DEFAULT_CACHE
-    from .sweep import uses_descriptions
+    from .sweep import uses_attributes, uses_descriptions
 
     cache_root = Path(config.cache).expanduser() if config.cache else DEFAULT_CACHE
     encoders = [check_encoder(config.encoder)]
     if config.blackbox is not None and config.blackbox.encoder != config.encoder:
         encoders.append(check_encoder(config.blackbox.encoder, "blackbox"))
     spec = encoders[0][1]
-    needs_descriptions = uses_descriptions(config)
-    datasets = [check_dataset(config, n, cache_root, spec, needs_descriptions) for n in config.datasets]
+    needs_descriptions, needs_attributes = uses_descriptions(config), uses_attributes(config)
+    datasets = [check_dataset(config, n, cache_root, spec, needs_descriptions, needs_attributes)
+                for n in config.datasets]
     labels = [label_group(config, d, b, s) for d in datasets for b, s in config.budgets.items()]
     notes = []
     if any(m.acquisition in ("cbsq", "sq") for m in config.methods):
@@ -427,6 +455,8 @@ def print_report(report: DryRunReport, console) -> None:
             console.print(f"  [bold]how to get it[/bold]: {d.obtain}")
         if not d.descriptions_present:
             console.print(f"[red]missing[/red] class descriptions of {d.name}: {d.descriptions.get('error')}")
+        if not d.attributes_present:
+            console.print(f"[red]missing[/red] attribute sentences of {d.name}: {d.attributes.get('error')}")
     for e in report.encoders:
         if not e.available:
             console.print(f"[red]missing[/red] {e.role} {e.name}: {e.error}")

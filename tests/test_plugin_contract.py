@@ -13,8 +13,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from methods.base import (BLACKBOX, CLASS_EMBEDDINGS, EMBEDDINGS, IMAGES, POOL_FEATURES, PREDICTOR, PROBS,
-                          PROVENANCE, TEXT_FEATURES, output_name, predictor_output)
+from methods.base import (BLACKBOX, CLASS_EMBEDDINGS, EMBEDDINGS, IMAGES, POOL_FEATURES, POOL_LABELS, PREDICTOR,
+                          PROBS, PROVENANCE, TEXT_FEATURES, output_name, predictor_output)
 from methods.registry import ACQUISITIONS, ADAPTATIONS
 from orchestrator.budget import BudgetLedger, PerRound
 from orchestrator.contexts import LedgerView, TrialData, selection_context
@@ -23,14 +23,16 @@ from orchestrator.loop import ActiveLearningRun, AdaptRequest, _adapt
 pytestmark = pytest.mark.usefixtures("one_thread")
 FIELD_OF = {POOL_FEATURES: "pool_features", PROBS: "probs", TEXT_FEATURES: "text_features",
             CLASS_EMBEDDINGS: "class_embeddings", EMBEDDINGS: "embeddings", PREDICTOR: "predictor",
-            IMAGES: "images", BLACKBOX: "blackbox", PROVENANCE: "labelled_sources"}
+            IMAGES: "images", BLACKBOX: "blackbox", PROVENANCE: "labelled_sources", POOL_LABELS: "pool_labels"}
 
 
 @pytest.fixture(scope="module")
 def tiny_data() -> TrialData:
     """120 pool and 40 test images of synth-shapes, embedded in-process by the tiny CLIP (no Ray needed)."""
     from datasets.registry import get_card
+    from methods.attribute_embeddings import AttributeEmbeddings
     from methods.core.encoders import load_encoder
+    from orchestrator.preparation import card_inputs
     from orchestrator.images import DatasetImages
     from orchestrator.zeroshot import class_embeddings
 
@@ -43,10 +45,12 @@ def tiny_data() -> TrialData:
     labels = {s: np.asarray(images._source_and_transform(s)[0].labels)[: images.size(s)] for s in ("pool", "test")}
     templates = card.prompts()
     text = encoder.encode_texts([t.format(c) for t in templates for c in card.classes]).numpy()
+    attributes = AttributeEmbeddings().run(card_inputs("synth-shapes", "tiny-clip"), np.random.default_rng(0))
     return TrialData(feats["pool"], labels["pool"], feats["test"], labels["test"],
                      class_embeddings(text.reshape(len(templates), len(card.classes), -1)), "multiclass",
                      card.num_classes, "top1", class_names=list(card.classes), templates=templates,
-                     attributes={c: a.model_dump() for c, a in card.attributes.items()}, images=images)
+                     attributes={c: a.model_dump() for c, a in card.attributes.items()}, images=images,
+                     prepared={"attribute_embeddings": attributes})
 
 
 def _fast(name: str) -> dict:

@@ -229,20 +229,22 @@ def class_attributes(spec_name: str) -> dict[str, dict[str, list[str]]]:
 
 
 def _shape_class_attributes(spec_name: str, pattern: str | None, shape: str) -> dict[str, list[str]]:
+    """Sentences name the drawn shape, as an LLM describing a class names what it looks like: the tiny CLIP
+    learned shape words from its captions, and a trait without one ("a round outline") is noise to it."""
     other, cue = SHAPE_CONFUSIONS[shape]
     own = [t for t in SHAPE_TRAITS[shape] if t not in SHAPE_TRAITS[other]]
-    positive = [f"a shape with {t}" for t in SHAPE_TRAITS[shape]]
-    discriminative = [f"{cue}, unlike a {other}"] + [f"{t}, which a {other} does not have" for t in own]
-    confusion = [f"a shape with {t}, as a {other} has" for t in SHAPE_TRAITS[other]]
+    positive = [f"a {shape} with {t}" for t in SHAPE_TRAITS[shape]]
+    discriminative = [f"a {shape} with {cue}"] + [f"a {shape} with {t}, not a {other}" for t in own]
+    confusion = [f"a {other} with {t}" for t in SHAPE_TRAITS[other]]
     if pattern is not None:
         look_alike, pattern_cue = PATTERN_CONFUSIONS[pattern]
-        positive.insert(0, PATTERN_TRAITS[pattern])
-        discriminative.append(f"{pattern_cue}, unlike a {look_alike} fill")
-        confusion.append(f"{PATTERN_TRAITS[look_alike]}, as a {look_alike} fill has")
+        positive.insert(0, f"a {shape} with {PATTERN_TRAITS[pattern]}")
+        discriminative.append(f"a {pattern} {shape} with {pattern_cue}")
+        confusion.append(f"a {look_alike} {shape} with {PATTERN_TRAITS[look_alike]}")
     if spec_name == "synth-scans":
-        positive.append("a faint bright region in grayscale noise")
-    if len(discriminative) < 3:  # look-alikes that share most traits: name the trait the look-alike lacks
-        discriminative.append(f"not a {other}")
+        positive.append(f"a faint {shape} in grayscale noise")
+    if len(discriminative) < 3:  # look-alikes that share most traits
+        discriminative.append(f"a {shape}, not a {other}")
     return {"positive": positive, "discriminative": discriminative, "confusion": confusion}
 
 

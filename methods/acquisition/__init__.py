@@ -1,3 +1,3 @@
 """Acquisition strategies; importing this package registers them."""
 
-from . import cbsq, cec, clustering, diversity, dual, gcnal, model_based, uncertainty  # noqa: F401
+from . import cbsq, cec, clustering, diversity, dual, few_shot, gcnal, model_based, uncertainty  # noqa: F401

@@ -242,6 +242,10 @@ class _Reprogrammer(Learner):
     def arrays(self, ctx: AdaptContext, device: str) -> dict[str, np.ndarray]:
         return {"text": np.asarray(ctx.text_features, np.float32)}
 
+    def parameter_count(self, size: int = 224) -> int:
+        """Trainable numbers at an input size: (3, S, S) per expert, plus BioMedVR's 2-entry gate (Table 2)."""
+        return self.n_experts * 3 * size * size + (2 if self.scorer == "biomedvr" else 0)
+
     def loss(self, logits, s_pos, s_neg, labels):
         import torch.nn.functional as F
 
