@@ -35,6 +35,7 @@ class Claim:
     better: str
     worse: str
     round: int
+    budget: str | None = None  # the budget schedule it is read at, where a sweep runs several (few-shot)
 
 
 #: The claims each paper makes that its offline twin can test (PROTOCOLS.md, issue 10).
@@ -67,6 +68,16 @@ CLAIMS = {
         Claim("Ours above Ours_CoOp at 5 % (74.7 vs 72.8)", "ours", "ours_coop", 5),
         Claim("Ours above CEC at 1 % (69.1 vs 60.2)", "ours", "cec+coop", 1),
     ],
+    "biomedvr": [
+        Claim("BioMedVR above AttrVR, 16 shots (Table 1: 76.4 vs 73.0)", "biomedvr", "attrvr", 1, "shots_16"),
+        Claim("AttrVR above AR, 16 shots (73.0 vs 72.6)", "attrvr", "ar", 1, "shots_16"),
+        Claim("AR above VP, 16 shots (72.6 vs 68.3)", "ar", "vp", 1, "shots_16"),
+        Claim("BioMedVR above AttrVR, 4 shots (Fig. 4)", "biomedvr", "attrvr", 1, "shots_4"),
+        Claim("BioMedVR (ZS) above zero-shot CLIP (31.6 vs 28.1)", "biomedvr_zs", "zeroshot", 1, "shots_16"),
+        Claim("confusion-aware attributes help (Table 4: -5.0 without)", "biomedvr", "biomedvr-no-ca", 1, "shots_16"),
+        Claim("two experts help (Table 4: -0.8 without MoPE)", "biomedvr", "biomedvr-no-mope", 1, "shots_16"),
+        Claim("the CS loss helps (Table 4: -2.8 without)", "biomedvr", "biomedvr-no-cs", 1, "shots_16"),
+    ],
 }
 
 #: Per-round ledger metrics of the methods that mine pseudo labels (the dual-prompt paper's transient set).
@@ -81,16 +92,18 @@ def per_round(df):
     return stats.groupby(["method", "round"]).mean() * [100, 100, 1, 1]
 
 
-def claim_rows(stats, claims: list[Claim]) -> list[dict]:
-    rows = []
+def claim_rows(df, claims: list[Claim]) -> list[dict]:
+    rows, stats = [], {}
     for c in claims:
+        if c.budget not in stats:
+            stats[c.budget] = per_round(df if c.budget is None else df[df["budget"] == c.budget])
         try:
-            a, b = stats.loc[(c.better, c.round)], stats.loc[(c.worse, c.round)]
+            a, b = stats[c.budget].loc[(c.better, c.round)], stats[c.budget].loc[(c.worse, c.round)]
         except KeyError:
             rows.append({"claim": c.text, "result": "not in this sweep"})
             continue
         diff = a["mean"] - b["mean"]
-        rows.append({"claim": c.text, "round": c.round, "better": f"{a['mean']:.1f} ± {a['std']:.1f}",
+        rows.append({"claim": c.text, "round": c.round if c.budget is None else f"{c.budget}, r{c.round}", "better": f"{a['mean']:.1f} ± {a['std']:.1f}",
                      "worse": f"{b['mean']:.1f} ± {b['std']:.1f}", "difference": round(float(diff), 1),
                      "result": "holds" if diff > 0 else "does not hold"})
     return rows
@@ -158,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"cannot tell the paper from {args.experiment!r}; pass --paper ({', '.join(CLAIMS)})")
     df = load_trials(args.tracking_uri, args.experiment, metrics=MINING_METRICS if paper == "dualprompt" else [])
     stats = per_round(df)
-    claims = claim_rows(stats, CLAIMS[paper])
+    claims = claim_rows(df, CLAIMS[paper])
     print(f"## {args.experiment}: the paper's claims\n\n{markdown(claims)}\n")
     savings = label_savings(stats, "cbsq+coop_dual", "cb+coop_dual") if paper == "cbsq" else []
     if savings:
@@ -166,9 +179,17 @@ def main(argv: list[str] | None = None) -> dict:
     mined = mined_labels(df) if paper == "dualprompt" else []
     if mined:
         print(f"## mined pseudo labels: precision and size per round (round 0: zero-shot top-K)\n\n{markdown(mined)}\n")
-    curves = [{"method": m, **{f"r{r}": f"{row['mean']:.1f}" for r, row in stats.loc[m].iterrows()}}
-              for m in stats.index.get_level_values(0).unique()]
-    print(f"## top-1 per round (seed means)\n\n{markdown(curves)}\n")
+    if df["budget"].nunique() > 1:  # few-shot sweeps: one column per budget at the last round
+        last = df[df["round"] == df["round"].max()]
+        by_budget = {b: per_round(g) for b, g in last.groupby("budget")}
+        curves = [{"method": m, **{b: f"{st.loc[m]['mean'].iloc[-1]:.1f} ± {st.loc[m]['std'].iloc[-1]:.1f}"
+                                   for b, st in by_budget.items() if m in st.index.get_level_values(0)}}
+                  for m in stats.index.get_level_values(0).unique()]
+        print(f"## top-1 per budget, last round (seed means)\n\n{markdown(curves)}\n")
+    else:
+        curves = [{"method": m, **{f"r{r}": f"{row['mean']:.1f}" for r, row in stats.loc[m].iterrows()}}
+                  for m in stats.index.get_level_values(0).unique()]
+        print(f"## top-1 per round (seed means)\n\n{markdown(curves)}\n")
     summary = {"claims": claims, "savings": savings, "mined": mined}
     print(json.dumps(summary))
     return summary

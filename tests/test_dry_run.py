@@ -197,3 +197,24 @@ def test_a_method_can_run_on_some_datasets_only(tmp_path):
     methods[1]["datasets"] = ["synth-lesions"]
     with pytest.raises(ConfigError, match="lists datasets \\['synth-lesions'\\] that the sweep does not run"):
         load_config(_config(tmp_path, datasets=["synth-shapes", "synth-scans"], methods=methods))
+
+
+def test_the_biomedvr_config_counts_its_grid_and_names_the_missing_attribute_files(capsys, empty_root):
+    from datasets.registry import get_card
+
+    code, summary, _ = _run(capsys, PAPERS / "biomedvr.yaml")
+    assert code == 3 and summary["trials"] == (11 * 11 + 7 * 6) * 3 * 3  # Table 1 + ablations, Table 3; 3 x 3
+    busi = summary["datasets"]["busi"]["attributes"]
+    assert busi["present"] is False and busi["source"] == "files"
+    assert busi["files"]["confusion"]["path"].endswith("attributes/busi/confusion.json")
+    assert sum("attribute sentences" in m for m in summary["missing"]) == 18
+    shots = {(g["dataset"], g["budget"]): g["labels_per_trial"] for g in summary["labels"]}
+    n = get_card("busi").num_classes
+    assert [shots[("busi", b)] for b in ("shots_4", "shots_8", "shots_16")] == [4 * n, 8 * n, 16 * n]
+
+
+def test_offline_twins_with_attributes_are_ready(capsys):
+    code, summary, _ = _run(capsys, PAPERS / "biomedvr-offline.yaml")
+    assert code == 0 and summary["trials"] == 81
+    assert summary["datasets"]["synth-scans"]["attributes"] == {"source": "card", "files": {}, "present": True,
+                                                              "classes": 10}

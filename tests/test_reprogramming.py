@@ -211,3 +211,70 @@ def test_an_encoder_whose_preprocessing_cannot_be_inverted_is_refused():
                               spec=SimpleNamespace(model="no-normalize"))
     with pytest.raises(ReprogrammingError, match="no Normalize step to invert"):
         normalisation(encoder)
+
+
+def test_attribute_files_are_written_through_an_openai_compatible_endpoint(tmp_path):
+    """A real HTTP server on 127.0.0.1 stands in for the user's LLM endpoint (the command is never run in sweeps)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from datasets.descriptions import load_descriptions
+    from datasets.registry import get_card
+    from experiments.attributes import main
+
+    asked = []
+
+    class Chat(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append((self.path, body["messages"][0]["content"]))
+            reply = "1. a dark oval region\n- an irregular margin\n* posterior shadowing\na dark oval region\n"
+            payload = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Chat)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        paths = main(["--dataset", "busi", "--base-url", f"http://127.0.0.1:{server.server_port}/v1",
+                      "--model", "any", "--kinds", "confusion", "--per-class", "5", "--out", str(tmp_path)])
+    finally:
+        server.shutdown()
+    card = get_card("busi")
+    assert [p.name for p in paths] == ["confusion.json"] and len(asked) == card.num_classes
+    assert asked[0][0] == "/v1/chat/completions"
+    assert "Generate the most visually confusing negative descriptions for class" in asked[0][1]
+    loaded = load_descriptions(paths[0], card.classes)
+    assert loaded[card.classes[0]] == ["a dark oval region", "an irregular margin", "posterior shadowing"]
+
+
+def test_every_vr_learner_runs_in_a_real_sweep_few_shot_and_behind_an_acquisition(ray_cluster, tmp_path,
+                                                                                  session_cache):
+    from orchestrator.config import load_config
+    from orchestrator.sweep import run_sweep
+    from tests.test_sweep import _config, _trial_runs
+
+    fast = {"epochs": 2, "lr": 1.0}
+    methods = [{"name": n, "acquisition": "few_shot", "adaptation": n, "adaptation_options": fast}
+               for n in ("vp", "ar", "attrvr", "biomedvr")]
+    methods += [{"name": "biomedvr_zs", "acquisition": "few_shot", "adaptation": "biomedvr_zs"},
+                {"acquisition": "cec", "adaptation": "biomedvr", "adaptation_options": fast}]
+    path = _config(tmp_path, session_cache, name="vr", datasets=[DATASET], methods=methods, seeds=[0], rounds=2,
+                   dataset_options={DATASET: {"sizes": {"train": 200, "test": 60}}},
+                   budgets={"shots": {"kind": "shots", "shots": [1, 2]}})
+    config = load_config(path)
+    outcome = run_sweep(config)
+    assert outcome.trials == 6 and not outcome.failed
+    client, runs, _ = _trial_runs(config.tracking_uri, "vr")
+    assert {r.data.params["method"] for r in runs} == {"vp", "ar", "attrvr", "biomedvr", "biomedvr_zs",
+                                                       "cec+biomedvr"}
+    for run in runs:
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "labels_spent")}
+        assert history == {0: 0, 1: 10, 2: 20}, run.data.params["method"]
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "top1")) == [0, 1, 2]
