@@ -151,6 +151,7 @@ class BudgetLedger:
     transient: set[int] = field(default_factory=set)
     spent: int = 0
     costs: dict[str, float] = field(default_factory=dict)
+    oracle_errors: dict[int, Target] = field(default_factory=dict)  # row -> true label, where the oracle erred
 
     @property
     def pseudo(self) -> set[int]:
@@ -168,14 +169,21 @@ class BudgetLedger:
         self.order = [r for r in self.order if r not in rows]
         for r in rows:
             del self.targets[r], self.sources[r]
+            self.oracle_errors.pop(r, None)
         self.transient -= rows
 
-    def query(self, rows: np.ndarray, oracle_labels: np.ndarray) -> None:
-        """Oracle labels for ``rows``; a row holding a transient pseudo label gets its true label instead."""
+    def query(self, rows: np.ndarray, oracle_labels: np.ndarray, truth: np.ndarray | None = None) -> None:
+        """Oracle labels for ``rows``; a row holding a transient pseudo label gets the oracle's label instead.
+
+        ``truth`` (when the oracle is noisy) records, for every row the oracle got wrong, the true label,
+        so a study of label noise can see what was queried, what the oracle said and what was so.
+        """
         rows = [int(r) for r in np.asarray(rows).tolist()]
         self._drop(r for r in rows if r in self.transient)
-        for r, y in zip(rows, oracle_labels):
+        for k, (r, y) in enumerate(zip(rows, oracle_labels)):
             self._add(r, y, ORACLE)
+            if truth is not None and as_target(truth[k]) != self.targets[r]:
+                self.oracle_errors[r] = as_target(truth[k])
         self.spent += len(rows)
 
     def add_pseudo(self, labels: dict, source: str = SELECTIVE) -> None:
@@ -226,7 +234,9 @@ class BudgetLedger:
     def state(self) -> dict:
         return {"order": list(self.order), "targets": [self.targets[r] for r in self.order],
                 "sources": [self.sources[r] for r in self.order], "transient": sorted(self.transient),
-                "spent": self.spent, "costs": dict(self.costs)}
+                "spent": self.spent, "costs": dict(self.costs),
+                **({"oracle_errors": [[r, t] for r, t in sorted(self.oracle_errors.items())]}
+                   if self.oracle_errors else {})}
 
     @classmethod
     def from_state(cls, state: dict) -> "BudgetLedger":
@@ -239,4 +249,5 @@ class BudgetLedger:
             pseudo = set(int(p) for p in state["pseudo"])
             sources = {r: SELECTIVE if r in pseudo else ORACLE for r in order}
         return cls(order, targets, sources, set(int(r) for r in state.get("transient", ())), int(state["spent"]),
-                   {k: float(v) for k, v in state.get("costs", {}).items()})
+                   {k: float(v) for k, v in state.get("costs", {}).items()},
+                   {int(r): as_target(t) for r, t in state.get("oracle_errors", ())})

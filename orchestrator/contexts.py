@@ -40,6 +40,7 @@ class TrialData:
     blackbox: Any = None  # a picklable spec with .open() -> BlackBox, when the sweep configures one
     prepared: dict[str, dict[str, Any]] = field(default_factory=dict)  # preparation name -> its arrays
     class_descriptions: dict[str, list[str]] = field(default_factory=dict)  # from the card's description file
+    oracle_labels: Any = None  # what the oracle answers per pool row when it is noisy (None: the true labels)
 
     @property
     def descriptions(self) -> dict[str, list[str]]:

@@ -265,6 +265,7 @@ class ActiveLearningRun:
     def __post_init__(self):
         load_plugins(self.plugins)
         self._pool_labels = np.asarray(get(self.data.pool_labels))
+        self._oracle = None if self.data.oracle_labels is None else np.asarray(get(self.data.oracle_labels))
         self.pool_size = len(self._pool_labels)
         self.budgets = self.schedule.resolve(self.pool_size, self.data.num_classes, self.rounds_total)
         self._bootstraps = ACQUISITIONS.create(self.acquisition[0], **self.acquisition[1]).has_bootstrap
@@ -346,7 +347,7 @@ class ActiveLearningRun:
         """Free labels from the strategy before the round-0 fit (e.g. zero-shot top-K per class)."""
         request = SelectRequest(self.acquisition, 0, 0, self.seed, "bootstrap", self.plugins)
         selection, _, _ = self._select_now(request, predictor, ledger)
-        apply_selection(ledger, selection, self._pool_labels, source=BOOTSTRAP)
+        apply_selection(ledger, selection, self._pool_labels, source=BOOTSTRAP, oracle_labels=self._oracle)
 
     def initial_state(self) -> tuple[RoundState, dict]:
         ledger = BudgetLedger()
@@ -378,7 +379,7 @@ class ActiveLearningRun:
         selection, extras, select_work = self._select_now(self._request(r), state.selecting, state.ledger)
         t_select = time.perf_counter() - t0
         ledger = BudgetLedger.from_state(state.ledger.state())
-        apply_selection(ledger, selection, self._pool_labels)
+        apply_selection(ledger, selection, self._pool_labels, oracle_labels=self._oracle)
         t1 = time.perf_counter()
         predictor, selector, adapt_work = self._fit_models(ledger, r, state)
         t_adapt = time.perf_counter() - t1
@@ -406,10 +407,15 @@ class ActiveLearningRun:
 # ------------------------------------------------------------ ledger bookkeeping
 
 
-def apply_selection(ledger: BudgetLedger, selection: Selection, pool_labels: np.ndarray, source: str | None = None
-                    ) -> None:
-    """Spend the selection on the ledger: oracle labels, free labels, transient labels, costs."""
-    ledger.query(selection.indices, pool_labels[selection.indices])
+def apply_selection(ledger: BudgetLedger, selection: Selection, pool_labels: np.ndarray, source: str | None = None,
+                    oracle_labels: np.ndarray | None = None) -> None:
+    """Spend the selection on the ledger: oracle labels (noisy ones where the pool has them, the truth kept
+    beside each error), free labels, transient labels, costs."""
+    rows = selection.indices
+    if oracle_labels is None:
+        ledger.query(rows, pool_labels[rows])
+    else:
+        ledger.query(rows, oracle_labels[rows], pool_labels[rows])
     if selection.pseudo_labels:
         ledger.add_pseudo(selection.pseudo_labels, **({"source": source} if source else {}))
     if selection.transient_labels is not None:
@@ -423,12 +429,15 @@ def ledger_metrics(ledger: BudgetLedger, pool_labels: np.ndarray) -> dict[str, f
     rows, targets, pseudo = ledger.arrays()
     sources = ledger.sources_of(rows)
     correct = _matches(targets, pool_labels[rows])
+    oracle_rows = max(1, int((~pseudo).sum()))
     transient = np.isin(rows, list(ledger.transient))
     out = {"labels_spent": float(ledger.spent), "labels_total": float(len(rows)), "pseudo_labels": float(pseudo.sum()),
            "pseudo_precision": float(correct[pseudo].mean()) if pseudo.any() else float("nan"),
            "labels_transient": float(transient.sum())}
     if transient.any():  # the transient set in force, whoever gave it (a bootstrap, then each round's mining)
         out["precision_transient"] = float(correct[transient].mean())
+    if ledger.oracle_errors:  # a noisy oracle: the share of its answers that were wrong
+        out["oracle_noise"] = float(len(ledger.oracle_errors) / oracle_rows)
     for source in SOURCES:
         mine = sources == source
         if source != ORACLE and mine.any():

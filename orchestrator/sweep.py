@@ -143,8 +143,27 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
                 "blackbox": _blackbox_spec(config, card),
                 "prepared": _prepared(config, steps, n, cache, pool, images),
                 "class_descriptions": descriptions.get(n, {}),
+                "oracle_labels": _oracle_labels(n, config.pool_split, opts, pool),
             }
     return refs
+
+
+def _oracle_labels(dataset: str, split: str, options: dict, pool):
+    """The oracle's answers per cached pool row when the source has a noisy oracle (synthetic label noise).
+
+    Only synthetic sources can have one; real ones are not reopened (a cluster may run from the cache alone).
+    """
+    import ray
+
+    from datasets.registry import get_card, open_split
+
+    if get_card(dataset).source.kind != "synthetic":
+        return None
+    source = open_split(dataset, split, **options)
+    answers = getattr(source, "oracle_labels", None)
+    if answers is None or np.array_equal(answers, source.labels):
+        return None
+    return ray.put(np.asarray(answers)[np.asarray(pool.indices)])
 
 
 def _blackbox_spec(config: SweepConfig, card):
@@ -207,7 +226,7 @@ def build_run(trial: dict, data: dict, remote: bool = True, num_cpus: float = 1.
         data=TrialData(**{k: data[k] for k in ("pool_features", "pool_labels", "test_features", "test_labels",
                                                "text_features", "task", "num_classes", "metric", "encoder",
                                                "precision", "class_names", "templates", "attributes", "images",
-                                               "blackbox", "prepared", "class_descriptions")
+                                               "blackbox", "prepared", "class_descriptions", "oracle_labels")
                           if k in data}),
         cold_start=trial["cold_start"], remote=remote, num_cpus=num_cpus, num_gpus=num_gpus,
         plugins=tuple(trial.get("plugins", ())),

@@ -1,7 +1,7 @@
 """Cards of the synthetic family, built from the generator's own definitions."""
 
 from ..card import ClassAttributes, DatasetCard, SourceSpec
-from ..registry import register_card
+from ..registry import get_card, register_card
 from ..synthetic.family import FAMILY, class_attributes
 from ..synthetic.templates import TEMPLATES
 
@@ -37,3 +37,24 @@ for _name, _spec in FAMILY.items():
         papers=["offline default"],
         notes=_notes,
     ))
+
+
+#: Named pathological variants (datasets/synthetic/pathologies.py); each value is a published statistic.
+VARIANTS = {
+    "lt": ({"imbalance_ratio": 256.0}, "long-tailed pool, largest/smallest class 256 (ImageNet-LT)"),
+    "dup": ({"duplicate_fraction": 0.10}, "10 % near-duplicate rows (CIFAR-100's test/train rate, Barz & Denzler)"),
+    "outliers": ({"outlier_fraction": 0.20}, "20 % rows of no class (open-set AL's lowest mismatch ratio)"),
+    "noisy": ({"label_noise": 0.06}, "the oracle wrong 6 % of the time (ImageNet val, Northcutt et al.)"),
+    "wild": ({"imbalance_ratio": 256.0, "duplicate_fraction": 0.10, "outlier_fraction": 0.20, "label_noise": 0.06},
+             "all four pathologies at once"),
+}
+
+for _base in ("synth-shapes", "synth-scans"):
+    for _suffix, (_pathologies, _what) in VARIANTS.items():
+        _card = get_card(_base)
+        register_card(_card.model_copy(update={
+            "name": f"{_base}-{_suffix}", "display_name": f"{_card.display_name}, {_what}",
+            "source": SourceSpec(kind="synthetic", options={"member": _base, "pathologies": _pathologies},
+                                 obtain="Rendered on demand from the seed; nothing to download."),
+            "notes": f"{_card.notes} Pool: {_what}; the test split is the clean one.",
+        }))
