@@ -221,7 +221,6 @@ class DualPrompt(_TextPromptLearner):
 
     def configure(self) -> None:
         super().configure()
-        self.recipe = self.options.training_recipe()
         self.pseudo_batch = self.pseudo_batch_size or self.recipe.pseudo_batch_size or self.recipe.batch_size
         if self.visual == "vpt":
             self.requires = self.requires | {IMAGES}

@@ -42,6 +42,7 @@ Round 0 of an active-learning run (no labels) is the untrained layout
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -127,13 +128,11 @@ class ReprogrammedPredictor(ImagePredictor):
         meta = {"frame": list(self.frame), "scorer": self.scorer, "scale": self.scale, "encoder": self.encoder,
                 "precision": self.precision, "k": self.k, "alpha": self.alpha}
         return {"deltas": np.asarray(self.deltas, np.float32), "gate": np.asarray(self.gate, np.float32),
-                "meta": np.asarray(__import__("json").dumps(meta)),
+                "meta": np.asarray(json.dumps(meta)),
                 **{f"arrays/{k}": np.asarray(v) for k, v in self.arrays.items()}}
 
     @classmethod
     def from_state(cls, state):
-        import json
-
         meta = json.loads(str(state["meta"]))
         arrays = {k.split("/", 1)[1]: np.asarray(v) for k, v in state.items() if k.startswith("arrays/")}
         return cls(np.asarray(state["deltas"]), tuple(meta["frame"]), meta["scorer"], arrays, meta["scale"],
@@ -230,6 +229,7 @@ class _Reprogrammer(Learner):
     num_gpus = 1.0
     scorer = "text"
     n_experts = 1
+    k, alpha = 3, 0.5  # the attribute scorers' options; the class-prompt learners never read them
 
     class Options(recipes.RecipeOptions):
         frame: Literal[FRAMES] = Field("resize_pad", description="where the perturbation acts (frames.py)")
@@ -266,14 +266,13 @@ class _Reprogrammer(Learner):
         def predictor() -> ReprogrammedPredictor:
             return ReprogrammedPredictor(deltas.detach().cpu().numpy(), (frame.kind, frame.size, frame.border,
                                          frame.inner), self.scorer, arrays, scale, ctx.encoder, ctx.precision,
-                                         getattr(self, "k", 3), getattr(self, "alpha", 0.5),
-                                         gate.detach().cpu().numpy(), device=ctx.device)
+                                         self.k, self.alpha, gate.detach().cpu().numpy(), device=ctx.device)
 
         if len(train.labels) == 0:
             return predictor()
         if ctx.images is None or train.rows is None:
             raise ValueError(f"{self.name} reprograms pixels: it needs ctx.images and the training rows' pool ids")
-        scorer = Scorer(self.scorer, arrays, scale, getattr(self, "k", 3), getattr(self, "alpha", 0.5), device)
+        scorer = Scorer(self.scorer, arrays, scale, self.k, self.alpha, device)
         pixels = ctx.images.pixels("pool", np.asarray(train.rows)).to(device)
         labels = torch.as_tensor(np.asarray(train.labels, np.int64), device=device)
 
