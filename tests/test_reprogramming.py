@@ -14,7 +14,7 @@ from datasets.attributes import card_attributes
 from datasets.card import DatasetCard, SourceSpec
 from methods.adaptation.prompting.model import frozen_clip
 from methods.adaptation.reprogramming.frames import Frame, ReprogrammingError, normalisation
-from methods.adaptation.reprogramming.learners import AttributeFusionPredictor, ReprogrammedPredictor
+from methods.adaptation.reprogramming.predictors import AttributeFusionPredictor, ReprogrammedPredictor
 from methods.adaptation.reprogramming.scoring import confusion_suppression, sentence_index
 from methods.base import AdaptContext, SelectionContext, TrainSet
 from methods.registry import ACQUISITIONS, ADAPTATIONS
