@@ -55,6 +55,10 @@ IMAGE_PREDICTOR_PROVIDES = frozenset({PROBS, CLASS_EMBEDDINGS, EMBEDDINGS})
 _OUTPUT, _PREPARED = "output:", "prepared:"
 
 
+#: The named output of predictors that score how clean each class label is (dual prompts, eq. 3), (N, C).
+CLEAN_PROB = "clean_prob"
+
+
 def predictor_output(name: str) -> str:
     """The input token for a predictor's named extra output, e.g. ``predictor_output("clean_prob")``."""
     return f"{_OUTPUT}{name}"

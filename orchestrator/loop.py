@@ -306,7 +306,8 @@ class ActiveLearningRun:
             selector, more, _ = self._fit(self.selector, _PHASE_SELECTOR, self.selector_labels == "queried",
                                           ledger, round_, previous.selector if previous else None)
             queries += more
-            self._check_selector_classes(predictor, selector)
+            if round_ == 0:  # once, before any round is written; the learners do not change their classes later
+                self._check_selector_classes(predictor, selector)
         ledger.add_cost(BLACKBOX_QUERIES, queries)
         return predictor, selector, time.perf_counter() - t0
 

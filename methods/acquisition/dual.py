@@ -41,12 +41,11 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..base import PROBS, AcquisitionStrategy, Selection, SelectionContext, predictor_output
+from ..base import CLEAN_PROB, PROBS, AcquisitionStrategy, Selection, SelectionContext, predictor_output
 from ..options import Int, PluginOptions
 from ..registry import register_acquisition
 from ..validation import AcquisitionInputError
 
-CLEAN_PROB = "clean_prob"
 GROUPINGS = ("pseudo_class", "column")
 
 

@@ -65,8 +65,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ...base import (FEATURE_PREDICTOR_PROVIDES, IMAGE_PREDICTOR_PROVIDES, IMAGES, AdaptContext, Predictor, TrainSet,
-                     predictor_output)
+from ...base import (CLEAN_PROB, FEATURE_PREDICTOR_PROVIDES, IMAGE_PREDICTOR_PROVIDES, IMAGES, AdaptContext,
+                     Predictor, TrainSet, predictor_output)
 from ...core.predictors import unit_rows
 from ...options import Int, Number
 from ...registry import register_adaptation
@@ -74,7 +74,6 @@ from . import recipes
 from .coop import CtxInit, PromptedLinearPredictor, _TextPromptLearner
 from .vpt import VPTPredictor, random_resized_crop_flip, split_prompts, token_mean_prompts
 
-CLEAN_PROB = "clean_prob"
 L2_FORMS = ("text", "literal")
 VISUAL_MODES = ("none", "vpt")
 

@@ -79,9 +79,7 @@ class Frame:
         import torch
 
         m = torch.ones((1, 1, self.size, self.size), device=device)
-        if self.kind == "pad":
-            m[..., self.border: self.border + self.inner, self.border: self.border + self.inner] = 0
-        elif self.kind == "resize_pad":
+        if self.kind != "full":  # both framed layouts leave the inner square alone
             m[..., self.border: self.border + self.inner, self.border: self.border + self.inner] = 0
         return m
 

@@ -53,10 +53,10 @@ class ReprogrammedPredictor(ImagePredictor):
         with torch.inference_mode():
             for s in range(0, len(rows), self.batch_size):
                 x = images.pixels(split, rows[s: s + self.batch_size]).to(device)
-                z = [embed(clip, frame.apply(x, d, mean, std)) for d in deltas]
-                if what == "embed":
-                    out.append(z[0].cpu().numpy())
+                if what == "embed":  # the positive expert's embedding alone
+                    out.append(embed(clip, frame.apply(x, deltas[0], mean, std)).cpu().numpy())
                     continue
+                z = [embed(clip, frame.apply(x, d, mean, std)) for d in deltas]
                 logits, _, _ = scorer.logits(z[0], z[-1], gate)
                 out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
