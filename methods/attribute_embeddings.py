@@ -16,6 +16,8 @@ from .options import PluginOptions
 from .preparation import Preparation, PreparationInputs, register_preparation
 
 KINDS = ("positive", "discriminative", "confusion")
+#: The preparation's name: learners declare ``prepared(ATTRIBUTE_EMBEDDINGS)``.
+ATTRIBUTE_EMBEDDINGS = "attribute_embeddings"
 
 
 def attribute_sentences(inputs: PreparationInputs) -> dict[str, tuple[list[str], np.ndarray]]:
@@ -31,7 +33,7 @@ def attribute_sentences(inputs: PreparationInputs) -> dict[str, tuple[list[str],
     return out
 
 
-@register_preparation("attribute_embeddings")
+@register_preparation(ATTRIBUTE_EMBEDDINGS)
 class AttributeEmbeddings(Preparation):
     """Per kind (``positive``, ``discriminative``, ``confusion``) an (S, D) array and ``<kind>_class`` (S,).
 

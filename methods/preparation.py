@@ -111,4 +111,4 @@ def check_outputs(name: str, arrays: dict) -> dict[str, np.ndarray]:
     return out
 
 
-from . import attribute_embeddings  # noqa: E402,F401  (registers the built-in steps)
+from . import attribute_embeddings, segmentation_codes  # noqa: E402,F401  (registers the built-in steps)

@@ -82,6 +82,14 @@ class MethodConfig(BaseModel):
         return cls(**item)
 
 
+def _per_dataset_settings(entries: list[MethodConfig]) -> bool:
+    """Whether same-named entries are one method with per-dataset options (a paper's per-dataset lambdas)."""
+    if len({(m.acquisition, m.adaptation) for m in entries}) > 1 or any(m.datasets is None for m in entries):
+        return False
+    listed = [d for m in entries for d in m.datasets]
+    return len(listed) == len(set(listed))
+
+
 class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -141,10 +149,13 @@ class SweepConfig(BaseModel):
             raise ValueError("at least one method is needed, e.g. random+zeroshot")
         methods = [MethodConfig.parse(m) if not isinstance(m, MethodConfig) else m for m in items]
         names = [m.name for m in methods]
-        twice = sorted({n for n in names if names.count(n) > 1})
+        twice = sorted(n for n in set(names) if names.count(n) > 1 and not _per_dataset_settings(
+            [m for m in methods if m.name == n]))
         if twice:
             raise ValueError(f"methods {twice} appear more than once; methods that differ only in options need "
-                             "distinct names (add `name: ...`), or the report would merge them")
+                             "distinct names (add `name: ...`), or the report would merge them. One method may "
+                             "repeat its name only to set options per dataset: the same acquisition and "
+                             "adaptation, each entry with its own `datasets:`, no dataset in two entries")
         return methods
 
     @model_validator(mode="after")

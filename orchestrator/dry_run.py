@@ -397,8 +397,7 @@ def dry_run(config: SweepConfig) -> DryRunReport:
     if config.blackbox is not None and config.blackbox.encoder != config.encoder:
         encoders.append(check_encoder(config.blackbox.encoder, "blackbox"))
     spec = encoders[0][1]
-    needs_descriptions, needs_attributes = uses_descriptions(config), uses_attributes(config)
-    datasets = [check_dataset(config, n, cache_root, spec, needs_descriptions, needs_attributes)
+    datasets = [check_dataset(config, n, cache_root, spec, uses_descriptions(config, n), uses_attributes(config, n))
                 for n in config.datasets]
     labels = [label_group(config, d, b, s) for d in datasets for b, s in config.budgets.items()]
     notes = []

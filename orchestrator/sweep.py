@@ -45,17 +45,25 @@ def metric_for(card) -> str:
     return "auc" if card.metric == "auc" else "top1"
 
 
-def uses_descriptions(config: SweepConfig) -> bool:
-    """Whether a learner of the sweep (evaluated or selector) declares ``descriptions``.
+def _requires_any(config: SweepConfig, tokens: set[str], kinds: tuple[str, ...], dataset: str | None) -> bool:
+    """Whether a plug-in of the given kinds, of a method that runs on ``dataset`` (None: any), declares a token."""
+    from methods.registry import ACQUISITIONS, ADAPTATIONS
+
+    registries = {"acquisition": ACQUISITIONS, "adaptation": ADAPTATIONS}
+    return any(tokens & registries[kind].create(name, **opts).requires
+               for m in config.methods if dataset is None or m.runs_on(dataset)
+               for kind, name, opts in m.parts() if kind in kinds)
+
+
+def uses_descriptions(config: SweepConfig, dataset: str | None = None) -> bool:
+    """Whether a learner of the sweep (evaluated or selector; on ``dataset`` when given) declares ``descriptions``.
 
     Only then are the cards' description files read, so a card that names a file not yet on disk
     does not stop sweeps that never use it.
     """
     from methods.base import DESCRIPTIONS
-    from methods.registry import ADAPTATIONS
 
-    return any(DESCRIPTIONS in ADAPTATIONS.create(name, **opts).requires
-               for m in config.methods for kind, name, opts in m.parts() if kind == "adaptation")
+    return _requires_any(config, {DESCRIPTIONS}, ("adaptation",), dataset)
 
 
 def sweep_descriptions(config: SweepConfig) -> dict[str, dict[str, list[str]]]:
@@ -67,21 +75,17 @@ def sweep_descriptions(config: SweepConfig) -> dict[str, dict[str, list[str]]]:
     from datasets.descriptions import card_descriptions
     from datasets.registry import get_card
 
-    if not uses_descriptions(config):
-        return {}
-    loaded = {n: card_descriptions(get_card(n)) for n in config.datasets}
+    loaded = {n: card_descriptions(get_card(n)) for n in config.datasets if uses_descriptions(config, n)}
     return {n: d for n, d in loaded.items() if d is not None}
 
 
-def uses_attributes(config: SweepConfig) -> bool:
-    """Whether a plug-in of the sweep reads attribute sentences (directly or through their embeddings)."""
+def uses_attributes(config: SweepConfig, dataset: str | None = None) -> bool:
+    """Whether a plug-in of the sweep (of a method on ``dataset`` when given) reads attribute sentences
+    (directly or through their embeddings)."""
     from methods.base import ATTRIBUTES, prepared
-    from methods.registry import ACQUISITIONS, ADAPTATIONS
 
-    registries = {"acquisition": ACQUISITIONS, "adaptation": ADAPTATIONS}
-    wanted = {ATTRIBUTES, prepared("attribute_embeddings")}
-    return any(wanted & registries[kind].create(name, **opts).requires
-               for m in config.methods for kind, name, opts in m.parts())
+    return _requires_any(config, {ATTRIBUTES, prepared("attribute_embeddings")}, ("acquisition", "adaptation"),
+                         dataset)
 
 
 def sweep_attributes(config: SweepConfig) -> dict[str, dict[str, dict[str, list[str]]]]:
@@ -90,9 +94,8 @@ def sweep_attributes(config: SweepConfig) -> dict[str, dict[str, dict[str, list[
     from datasets.attributes import card_attributes
     from datasets.registry import get_card
 
-    if uses_attributes(config):
-        return {n: card_attributes(get_card(n)) for n in config.datasets}
-    return {n: {c: a.model_dump() for c, a in get_card(n).attributes.items()} for n in config.datasets}
+    return {n: card_attributes(get_card(n)) if uses_attributes(config, n) else
+            {c: a.model_dump() for c, a in get_card(n).attributes.items()} for n in config.datasets}
 
 
 def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str]]] | None = None,

@@ -129,7 +129,7 @@ class TrialTracker:
         if r <= self._last_round.get(h, -1):
             return False
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, r) for k, v in metrics.items()
+        batch = [Metric(k, float(v), now, r) for k, v in priced(metrics, trial).items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(float(v))]
         for start in range(0, len(batch), 900):  # MLflow's batch limit is 1000 metrics
             self.client.log_batch(run_id, metrics=batch[start: start + 900])
@@ -149,6 +149,14 @@ class TrialTracker:
         self.client.set_tag(run_id, ERROR, message[-4900:])
         self.client.set_terminated(run_id, status="FAILED")
         self._status[trial["config_hash"]] = "FAILED"
+
+
+def priced(metrics: dict, trial: dict) -> dict:
+    """The round's metrics plus ``blackbox_cost`` (queries / 1,000 x the price) when the sweep prices its black box."""
+    price = (trial.get("blackbox") or {}).get("cost_per_1000")
+    if price is None or "cost_blackbox_queries" not in metrics:
+        return metrics
+    return {**metrics, "blackbox_cost": float(metrics["cost_blackbox_queries"]) / 1000.0 * float(price)}
 
 
 class MLflowTuneCallback(Callback):

@@ -203,11 +203,15 @@ def test_the_biomedvr_config_counts_its_grid_and_names_the_missing_attribute_fil
     from datasets.registry import get_card
 
     code, summary, _ = _run(capsys, PAPERS / "biomedvr.yaml")
-    assert code == 3 and summary["trials"] == (11 * 11 + 7 * 6) * 3 * 3  # Table 1 + ablations, Table 3; 3 x 3
+    assert code == 3 and summary["trials"] == (11 * 12 + 7 * 6) * 3 * 3  # Table 1 + ablations, Table 3; 3 x 3
     busi = summary["datasets"]["busi"]["attributes"]
     assert busi["present"] is False and busi["source"] == "files"
     assert busi["files"]["confusion"]["path"].endswith("attributes/busi/confusion.json")
     assert sum("attribute sentences" in m for m in summary["missing"]) == 18
+    # BiomedCoOp's prompt file is needed (and checked) only where BiomedCoOp runs: the 11 biomedical sets
+    assert summary["datasets"]["busi"]["descriptions"]["path"].endswith("descriptions/biomedcoop_prompts.json")
+    assert summary["datasets"]["ucf101"]["descriptions"] is None
+    assert sum("class descriptions" in m for m in summary["missing"]) == 11
     shots = {(g["dataset"], g["budget"]): g["labels_per_trial"] for g in summary["labels"]}
     n = get_card("busi").num_classes
     assert [shots[("busi", b)] for b in ("shots_4", "shots_8", "shots_16")] == [4 * n, 8 * n, 16 * n]
@@ -215,6 +219,6 @@ def test_the_biomedvr_config_counts_its_grid_and_names_the_missing_attribute_fil
 
 def test_offline_twins_with_attributes_are_ready(capsys):
     code, summary, _ = _run(capsys, PAPERS / "biomedvr-offline.yaml")
-    assert code == 0 and summary["trials"] == 81
+    assert code == 0 and summary["trials"] == 90
     assert summary["datasets"]["synth-scans"]["attributes"] == {"source": "card", "files": {}, "present": True,
                                                               "classes": 10}

@@ -254,8 +254,8 @@ def test_attribute_files_are_written_through_an_openai_compatible_endpoint(tmp_p
     assert loaded[card.classes[0]] == ["a dark oval region", "an irregular margin", "posterior shadowing"]
 
 
-def test_every_vr_learner_runs_in_a_real_sweep_few_shot_and_behind_an_acquisition(ray_cluster, tmp_path,
-                                                                                  session_cache):
+def test_every_vr_learner_and_biomedcoop_run_in_a_real_sweep_few_shot_and_behind_an_acquisition(
+        ray_cluster, tmp_path, session_cache):
     from orchestrator.config import load_config
     from orchestrator.sweep import run_sweep
     from tests.test_sweep import _config, _trial_runs
@@ -264,16 +264,18 @@ def test_every_vr_learner_runs_in_a_real_sweep_few_shot_and_behind_an_acquisitio
     methods = [{"name": n, "acquisition": "few_shot", "adaptation": n, "adaptation_options": fast}
                for n in ("vp", "ar", "attrvr", "biomedvr")]
     methods += [{"name": "biomedvr_zs", "acquisition": "few_shot", "adaptation": "biomedvr_zs"},
-                {"acquisition": "cec", "adaptation": "biomedvr", "adaptation_options": fast}]
+                {"acquisition": "cec", "adaptation": "biomedvr", "adaptation_options": fast},
+                {"name": "biomedcoop", "acquisition": "few_shot", "adaptation": "biomedcoop",
+                 "adaptation_options": {"epochs": 2, "n_prompts": 4}}]
     path = _config(tmp_path, session_cache, name="vr", datasets=[DATASET], methods=methods, seeds=[0], rounds=2,
                    dataset_options={DATASET: {"sizes": {"train": 200, "test": 60}}},
                    budgets={"shots": {"kind": "shots", "shots": [1, 2]}})
     config = load_config(path)
     outcome = run_sweep(config)
-    assert outcome.trials == 6 and not outcome.failed
+    assert outcome.trials == 7 and not outcome.failed
     client, runs, _ = _trial_runs(config.tracking_uri, "vr")
     assert {r.data.params["method"] for r in runs} == {"vp", "ar", "attrvr", "biomedvr", "biomedvr_zs",
-                                                       "cec+biomedvr"}
+                                                       "cec+biomedvr", "biomedcoop"}
     for run in runs:
         history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "labels_spent")}
         assert history == {0: 0, 1: 10, 2: 20}, run.data.params["method"]

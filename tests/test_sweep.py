@@ -198,3 +198,16 @@ def test_methods_that_share_a_name_are_refused(tmp_path, session_cache):
                {"acquisition": "random", "adaptation": "linear_probe", "adaptation_options": {"epochs": 5}}]
     with pytest.raises(ConfigError, match="appear more than once.*distinct names"):
         load_config(_config(tmp_path, session_cache, methods=methods))
+
+
+def test_one_method_may_set_its_options_per_dataset_under_one_name(tmp_path, session_cache):
+    lp = {"name": "lp", "acquisition": "random", "adaptation": "linear_probe"}
+    datasets = ["synth-shapes", "synth-scans"]
+    per_dataset = [{**lp, "datasets": ["synth-shapes"], "adaptation_options": {"epochs": 5}},
+                   {**lp, "datasets": ["synth-scans"], "adaptation_options": {"epochs": 7}}]
+    trials = load_config(_config(tmp_path, session_cache, datasets=datasets, methods=per_dataset)).trials()
+    assert {(t["dataset"], t["method"]["name"], t["method"]["adaptation_options"]["epochs"]) for t in trials} == {
+        ("synth-shapes", "lp", 5), ("synth-scans", "lp", 7)}
+    overlapping = [per_dataset[0], {**per_dataset[1], "datasets": datasets}]
+    with pytest.raises(ConfigError, match="appear more than once.*no dataset in two entries"):
+        load_config(_config(tmp_path, session_cache, datasets=datasets, methods=overlapping))

@@ -1,5 +1,6 @@
 """Adaptation learners; importing this package registers them."""
 
 from . import linear_probe, zeroshot  # noqa: F401
-from .prompting import coop, dual, maple, vpt  # noqa: F401
+from .prompting import biomedcoop, coop, dual, maple, vpt  # noqa: F401
+from .blackbox import valiant  # noqa: F401
 from .reprogramming import learners  # noqa: F401

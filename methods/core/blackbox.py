@@ -55,6 +55,11 @@ class ClipBlackBox(BlackBox):
         self._spec = spec
         self.queries = 0
 
+    def __getattr__(self, name: str):
+        # Only reached for names the handle does not have: features, gradients, weights, the model itself.
+        raise AttributeError(f"the black box answers query(images) -> (n, C) distributions and nothing else; "
+                             f"{name!r} (features, gradients, weights, the model) is not available through it")
+
     def query(self, pixels) -> np.ndarray:
         import torch
         import torch.nn.functional as F

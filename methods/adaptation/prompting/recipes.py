@@ -45,6 +45,9 @@ PRESETS: dict[str, Recipe] = {
     # 16 labelled + 64 pseudo-labelled rows per step. The paper names no warm-up (none here) and no weight
     # decay (CoOp's 5e-4).
     "dual_prompt": Recipe(lr=0.01, epochs=20, batch_size=16, pseudo_batch_size=64, warmup_epochs=0),
+    # BiomedCoOp (Koleilat et al., CVPR 2025; its public few-shot configs): SGD 0.0025, cosine, 100 epochs,
+    # batch 4, one warm-up epoch at a constant 1e-5, Dassl's weight decay 5e-4.
+    "biomedcoop": Recipe(lr=0.0025, epochs=100, batch_size=4),
     # VPT-in-AL (CEC's VPT baseline): CoOp's schedule, visual tokens instead of text context.
     "vpt_al": Recipe(lr=0.002, epochs=200),
     # VPT's own regime: prompts live in the residual stream (token norms ~10), so VPT searches base

@@ -47,6 +47,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from ...attribute_embeddings import ATTRIBUTE_EMBEDDINGS
 from ...base import (FEATURE_PREDICTOR_PROVIDES, IMAGE_PREDICTOR_PROVIDES, IMAGES, TEXT_FEATURES, AdaptContext,
                      Learner, Predictor, TrainSet, prepared)
 from ...core.devices import pick_device
@@ -59,7 +60,6 @@ from .frames import FRAMES, Frame, normalisation
 from .predictors import AttributeFusionPredictor, ReprogrammedPredictor, embed
 from .scoring import Scorer, confusion_suppression, sentence_index
 
-ATTRIBUTE_EMBEDDINGS = "attribute_embeddings"
 
 # ------------------------------------------------------------------ what each learner scores against
 

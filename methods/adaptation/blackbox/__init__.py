@@ -1,0 +1,1 @@
+"""Adaptation against a black-box foundation model: VALIANT's prompt decoder trained by zero-order optimisation."""
