@@ -57,6 +57,10 @@ _OUTPUT, _PREPARED = "output:", "prepared:"
 
 #: The named output of predictors that score how clean each class label is (dual prompts, eq. 3), (N, C).
 CLEAN_PROB = "clean_prob"
+#: VALIANT's prompt instability of every pool row (the ``vipd`` selector's output), (N,).
+INSTABILITY = "instability"
+#: The BAPS-prompted black box's answers on the unlabelled pool (the ``baps`` selector's output), (N, C).
+PROMPTED_PROBS = "prompted_probs"
 
 
 def predictor_output(name: str) -> str:

@@ -72,10 +72,9 @@ def test_kdsp_drops_the_outlying_prompt_and_keeps_all_when_scores_agree():
 
 
 def test_without_its_regularisers_biomedcoop_is_coop(scans):
-    rng = lambda: np.random.default_rng(3)  # noqa: E731
-    bare = ADAPTATIONS.create("biomedcoop", n_prompts=4, sccm_lambda=0, kdsp_lambda=0, **FAST).fit(scans["train"], scans["ctx"],
-                                                                                        rng())
-    coop = ADAPTATIONS.create("coop", n_ctx=4, **FAST).fit(scans["train"], scans["ctx"], rng())
+    bare = ADAPTATIONS.create("biomedcoop", n_prompts=4, sccm_lambda=0, kdsp_lambda=0, **FAST)
+    bare = bare.fit(scans["train"], scans["ctx"], np.random.default_rng(3))
+    coop = ADAPTATIONS.create("coop", n_ctx=4, **FAST).fit(scans["train"], scans["ctx"], np.random.default_rng(3))
     np.testing.assert_allclose(bare.weight, coop.weight, atol=1e-6)
 
 

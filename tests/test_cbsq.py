@@ -11,7 +11,7 @@ from methods.core.predictors import softmax
 from methods.feature_space import features_in_space
 from methods.kernels import kmeans
 from methods.registry import ACQUISITIONS
-from methods.validation import AcquisitionInputError, check_selection_inputs
+from methods.validation import check_selection_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

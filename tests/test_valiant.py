@@ -164,6 +164,40 @@ def test_the_vipd_trains_once_counts_its_queries_and_is_reused_from_the_checkpoi
     assert sorted(picked) == sorted(top)
 
 
+def test_baps_trains_on_the_labelled_rows_through_the_black_box_and_scores_the_unlabelled_ones(lesions):
+    from methods.adaptation.blackbox.baps import BAPSPredictor, prompted_loss
+
+    answers, labels = np.array([[0.8, 0.2], [0.3, 0.7]]), np.array([0, 1])
+    assert prompted_loss(answers, labels) == pytest.approx(-np.log([0.8, 0.7]).mean())
+    vectors = np.array([[1, 0], [1, 1]])
+    assert prompted_loss(answers, vectors) == pytest.approx(
+        -np.mean(vectors * np.log(answers) + (1 - vectors) * np.log(1 - answers)))
+    assert SPSAGC(a=1.0, schedule="step").step_sizes(299)[0] == 1.0
+    assert SPSAGC(a=1.0, schedule="step").step_sizes(300)[0] == pytest.approx(0.33)
+
+    ctx, n = lesions["ctx"], lesions["n"]
+    labelled = np.arange(16)  # two batches of 8
+    pool_labels = np.asarray(lesions["images"]._source_and_transform("pool")[0].labels)[:n]
+    train = TrainSet(np.zeros((16, 1), np.float32), pool_labels[labelled], np.zeros(16, bool), labelled)
+    ctx.unlabelled, box = np.arange(16, n), ctx.blackbox
+    try:
+        before = box.queries
+        first = ADAPTATIONS.create("baps", **FAST).fit(train, ctx, np.random.default_rng(0))
+        assert box.queries - before == FAST["steps"] * FAST["draws"] * 2 * FAST["batch_size"] + (n - 16)
+        assert np.isnan(first.prompted[labelled]).all() and np.allclose(first.prompted[16:].sum(1), 1, atol=1e-5)
+        ctx.previous = BAPSPredictor.from_state(first.state())
+        second = ADAPTATIONS.create("baps", **FAST).fit(train, ctx, np.random.default_rng(1))
+        assert not np.array_equal(second.decoder, first.decoder)  # continued training, from the last round's
+    finally:
+        ctx.previous, ctx.unlabelled = None, None
+    sel = SelectionContext(1, 2, np.arange(16, n), labelled, pool_labels[labelled],
+                           outputs={"prompted_probs": first.prompted})
+    picked = ACQUISITIONS.create("baps").select(sel, 4, np.random.default_rng(0)).indices
+    p = first.prompted[16:]
+    top = 16 + np.argsort((p * np.log(p)).sum(1))[:4]
+    assert sorted(picked) == sorted(top)
+
+
 def test_all_zero_lambdas_and_a_black_box_less_sweep_are_refused(tmp_path, session_cache):
     from orchestrator.config import ConfigError, load_config
     from tests.test_sweep import _config
@@ -186,13 +220,15 @@ def test_valiant_runs_in_a_real_sweep_with_its_queries_per_round_in_mlflow(ray_c
 
     methods = [{"name": "valiant", "acquisition": "valiant", "adaptation": "linear_probe",
                 "selector": {"adaptation": "vipd", "adaptation_options": FAST}},
+               {"name": "baps", "acquisition": "baps", "adaptation": "linear_probe",
+                "selector": {"adaptation": "baps", "adaptation_options": FAST}},
                {"name": "random", "acquisition": "random", "adaptation": "linear_probe"}]
     path = _config(tmp_path, session_cache, name="valiant", datasets=[DATASET], methods=methods, seeds=[0], rounds=2,
                    dataset_options={DATASET: {"sizes": {"train": 120, "test": 60}}},
                    budgets={"b": {"kind": "per_round", "count": 10}}, blackbox={"cost_per_1000": 0.5})
     config = load_config(path)
     outcome = run_sweep(config)
-    assert outcome.trials == 2 and not outcome.failed
+    assert outcome.trials == 3 and not outcome.failed
     client, runs, _ = _trial_runs(config.tracking_uri, "valiant")
     by_method = {r.data.params["method"]: r for r in runs}
     spent = FAST["steps"] * FAST["draws"] * 2 * 2 * FAST["batch_size"]
@@ -203,6 +239,14 @@ def test_valiant_runs_in_a_real_sweep_with_its_queries_per_round_in_mlflow(ray_c
     assert cost[2] == pytest.approx(spent / 1000 * 0.5)
     assert not client.get_metric_history(by_method["random"].info.run_id, "cost_blackbox_queries") or \
         {m.value for m in client.get_metric_history(by_method["random"].info.run_id, "cost_blackbox_queries")} == {0}
+    baps = {m.step: m.value for m in client.get_metric_history(by_method["baps"].info.run_id, "cost_blackbox_queries")}
+
+    def training(labelled):  # images asked about in one round's SPSA steps: near-equal batches of <= 8 rows
+        sizes = [len(b) for b in np.array_split(np.arange(labelled), -(-labelled // FAST["batch_size"]))]
+        return FAST["draws"] * 2 * sum(sizes[k % len(sizes)] for k in range(FAST["steps"]))
+
+    first, second = training(10) + 110, training(20) + 100  # + one query per unlabelled row after training
+    assert baps == {0: 120, 1: 120 + first, 2: 120 + first + second}
     labels = {m.step: m.value for m in client.get_metric_history(by_method["valiant"].info.run_id, "labels_spent")}
     assert labels == {0: 0, 1: 10, 2: 20}
     assert {m.step for m in client.get_metric_history(by_method["valiant"].info.run_id, "auc")} == {0, 1, 2}

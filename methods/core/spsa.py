@@ -15,6 +15,8 @@ sizes decay as a_k = a/(k + o)^α and c_k = c/k^γ (k counted from 1), and the
 w ← w − a_k·(ĝ + β·m). Defaults are BlackVIP's (o = 1, c = 0.01, a = 0.01,
 α = 0.4, γ = 0.1, β = 0.9, 5 draws), so every step costs 2 × draws loss
 evaluations -- the figure a black-box method multiplies its query count by.
+BAPS (Paranjape et al., MICCAI 2024) uses the same estimator with a step
+decay, a_k = a·0.33^(k // 300) (``schedule: step``).
 """
 
 from __future__ import annotations
@@ -34,14 +36,21 @@ class SPSAGC:
     gamma: float = 0.1
     beta: float = 0.9
     draws: int = 5
+    schedule: str = "power"  # a_k = a/(k + o)^α; "step": a·ratio^(k // every) (BAPS)
+    ratio: float = 0.33
+    every: int = 300
 
     def __post_init__(self):
         if min(self.a, self.c) <= 0 or self.draws < 1 or not 0 <= self.beta < 1:
             raise ValueError(f"SPSA-GC needs a > 0, c > 0, draws >= 1 and 0 <= beta < 1; got {self}")
+        if self.schedule not in ("power", "step") or self.every < 1:
+            raise ValueError(f"SPSA-GC schedule must be 'power' or 'step' (every >= 1), got {self}")
 
     def step_sizes(self, k: int) -> tuple[float, float]:
         """(a_k, c_k) of step ``k`` (from 1)."""
-        return self.a / (k + self.o) ** self.alpha, self.c / k ** self.gamma
+        if self.schedule == "power":
+            return self.a / (k + self.o) ** self.alpha, self.c / k ** self.gamma
+        return self.a * self.ratio ** (k // self.every), self.c / k ** self.gamma
 
     @staticmethod
     def perturbation(n: int, generator):

@@ -49,18 +49,17 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ...base import (BLACKBOX, FEATURE_PREDICTOR_PROVIDES, IMAGES, TEXT_FEATURES, AdaptContext, Learner, Predictor,
-                     TrainSet, predictor_output, prepared)
+from ...base import (BLACKBOX, FEATURE_PREDICTOR_PROVIDES, IMAGES, INSTABILITY, TEXT_FEATURES, AdaptContext, Learner,
+                     Predictor, TrainSet, predictor_output, prepared)
 from ...core.devices import pick_device
-from ...core.predictors import DEFAULT_TEMPERATURE, LinearPredictor
-from ...core.spsa import SPSAGC, flat_parameters, load_flat
-from ...options import Int, Number, PluginOptions
+from ...core.predictors import LinearPredictor
+from ...core.spsa import flat_parameters
+from ...options import Number
 from ...registry import register_adaptation
 from ...segmentation_codes import SEGMENTATION_CODES, encode_maps, segment_like
 from ..prompting.model import frozen_clip
 from .decoder import build_decoder, seeded_init
-
-INSTABILITY = "instability"
+from .training import SPSAOptions, row_batches, train_by_spsa, zero_shot_head
 
 
 @dataclass
@@ -176,37 +175,23 @@ class VIPDSelector(Learner):
     requires = frozenset({IMAGES, BLACKBOX, TEXT_FEATURES, prepared(SEGMENTATION_CODES)})
     provides = FEATURE_PREDICTOR_PROVIDES | {predictor_output(INSTABILITY)}
 
-    class Options(PluginOptions):
+    class Options(SPSAOptions):
         lambda_sens: Number = Field(1.0, ge=0, description="λ1, perturbation sensitivity (eq. 3)")
         lambda_coh: Number = Field(1.0, ge=0, description="λ2, anatomical coherence (eq. 4)")
         lambda_div: Number = Field(1.0, ge=0, description="λ3, prompt diversity (eq. 5)")
         diversity: Literal["literal", "distinct"] = Field(
             "literal", description="literal: minimise 1 − cos(P, P^p) as eq. 5 reads; distinct: minimise cos")
         sigma: Number = Field(0.1, gt=0, description="std of δ in normalised pixel units (not given in the paper)")
-        steps: Int = Field(100, ge=1, description="SPSA-GC steps")
-        batch_size: Int = Field(32, ge=1, description="pool images per SPSA step")
-        draws: Int = Field(5, ge=1, description="perturbations averaged per gradient estimate")
-        a: Number = Field(0.01, gt=0)
-        c: Number = Field(0.01, gt=0)
-        o: Number = Field(1.0, ge=0)
-        alpha: Number = Field(0.4, ge=0)
-        gamma: Number = Field(0.1, ge=0)
-        beta: Number = Field(0.9, ge=0, lt=1)
-        epsilon: Number = Field(1.0, gt=0, description="prompt bound: P = ε·tanh(·)")
-        hidden: Int = Field(16, ge=1, description="the decoder MLP's hidden width")
-        channels: Int = Field(8, ge=3, description="channels of the decoder's seed map")
 
     def configure(self) -> None:
         self.lambdas = (float(self.lambda_sens), float(self.lambda_coh), float(self.lambda_div))
         if not any(self.lambdas):
             raise ValueError("vipd: lambda_sens, lambda_coh and lambda_div are all 0, so there is nothing to train "
                              "the prompt decoder on; set at least one (the paper's Table 1 gives them per dataset)")
-        self.spsa = SPSAGC(float(self.a), float(self.c), float(self.o), float(self.alpha), float(self.gamma),
-                           float(self.beta), int(self.draws))
+        self.spsa = self.options.optimiser()
 
     def fit(self, train_set: TrainSet, ctx: AdaptContext, rng: np.random.Generator) -> Predictor:
-        head = dict(weight=np.asarray(ctx.text_features, np.float32),
-                    bias=np.zeros(ctx.num_classes, np.float32), temperature=DEFAULT_TEMPERATURE)
+        head = zero_shot_head(ctx)
         if isinstance(ctx.previous, VIPDPredictor):  # trained once, without labels: later rounds reuse it
             return VIPDPredictor(**head, decoder=ctx.previous.decoder, instability=ctx.previous.instability,
                                  settings=ctx.previous.settings)
@@ -232,29 +217,11 @@ class VIPDSelector(Learner):
 
     def _train(self, decoder, ctx: AdaptContext, codes, encoder, segmentation, generator, rng) -> None:
         """SPSA-GC on the unsupervised loss, one fresh pool batch (and δ) per step."""
-        import torch
 
-        n = ctx.images.size("pool")
-        batches = iter(())
-
-        def next_rows():
-            nonlocal batches
-            rows = next(batches, None)
-            if rows is None:
-                batches = iter(np.array_split(rng.permutation(n), max(1, n // self.batch_size)))
-                rows = next(batches)
-            return np.sort(rows)
-
-        w = torch.as_tensor(flat_parameters(decoder))
-        momentum = torch.zeros_like(w)
-        for k in range(1, self.steps + 1):
-            rows = next_rows()
+        def batch_loss(rows):
             batch = make_batch(ctx.images.pixels("pool", rows).float(), codes[rows], encoder, segmentation,
                                float(self.sigma), generator)
+            return lambda: valiant_loss(decoder, batch, ctx.blackbox, encoder, self.lambdas, self.diversity)
 
-            def loss(vector):
-                load_flat(decoder, vector)
-                return valiant_loss(decoder, batch, ctx.blackbox, encoder, self.lambdas, self.diversity)
-
-            w, momentum = self.spsa.step(loss, w, momentum, k, generator)
-        load_flat(decoder, w)
+        batches = row_batches(np.arange(ctx.images.size("pool")), self.batch_size, rng)
+        train_by_spsa(decoder, self.spsa, self.steps, batches, batch_loss, generator)
