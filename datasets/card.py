@@ -63,6 +63,10 @@ class DatasetCard(BaseModel):
     classes: list[str]
     class_source: str = Field(description="Which published list the class names follow, e.g. CoOp's split file.")
     templates: dict[str, list[str]] = Field(description="Prompt templates per protocol; 'default' is required.")
+    negative_templates: list[str] = Field(
+        default_factory=list, description="multi-label tasks: how an image without the label is described "
+                                          "('a chest X-ray showing no {}.'); each label's zero-shot probability is "
+                                          "the softmax over its positive and negative prompt")
     attributes: dict[str, ClassAttributes] = Field(default_factory=dict)
     descriptions: DescriptionFile | None = Field(
         None, description="a class-description file whose sentences replace attributes.<class>.positive for "
@@ -121,6 +125,12 @@ class DatasetCard(BaseModel):
         unknown = sorted(set(self.descriptions.keys) - set(self.classes)) if self.descriptions else []
         if unknown:
             raise ValueError(f"descriptions.keys given for classes not in the class list: {unknown}")
+        if self.task == "multilabel" and not self.negative_templates:
+            raise ValueError("a multi-label card needs negative_templates (e.g. ['a photo with no {}.']): each "
+                             "label's zero-shot probability compares its positive and its negative prompt")
+        bad = [t for t in self.negative_templates if t.count("{}") != 1]
+        if bad:
+            raise ValueError(f"negative templates {bad} must contain exactly one '{{}}' slot for the label name")
         if self.task == "binary" and len(self.classes) != 2:
             raise ValueError(f"a binary task needs exactly two classes, got {len(self.classes)}")
         return self

@@ -133,6 +133,7 @@ class SelectionContext:
     pool_labels: np.ndarray | None = None  # (N,) true labels of the whole pool (POOL_LABELS: few-shot samplers only)
     outputs: dict[str, np.ndarray] = field(default_factory=dict)  # declared named predictor outputs, (N, ...)
     extras: dict = field(default_factory=dict)  # diagnostics a strategy notes; logged with the round
+    task: str = "multiclass"  # the card's: "multilabel" probs are independent per-label probabilities
 
     @property
     def labelled_is_pseudo(self) -> np.ndarray:
@@ -158,10 +159,11 @@ class Selection:
 
 
 class AcquisitionStrategy(Configurable, ABC):
-    """Who to label next."""
+    """Who to label next. ``multilabel``: whether it can rank a multi-label task's pool (refused otherwise)."""
 
     name: str = "?"
     requires: frozenset[str] = frozenset()
+    multilabel: bool = False
 
     @abstractmethod
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
@@ -254,6 +256,9 @@ class AdaptContext:
     unlabelled: np.ndarray | None = None  # rows without a permanent label (UNLABELLED)
     prepared: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # declared preparation outputs
     previous: Predictor | None = None
+    # The card's task. For "multilabel", labels are (n, C) 0/1 and ``text_features`` rows are t+ − t−
+    # (positive minus negative prompt embedding): x·(t+ − t−)/T is the zero-shot logit of each label.
+    task: str = "multiclass"
 
 
 @dataclass
@@ -338,6 +343,7 @@ class Learner(Configurable, ABC):
     name: str = "?"
     requires: frozenset[str] = frozenset()
     provides: frozenset[str] = FEATURE_PREDICTOR_PROVIDES
+    multilabel: bool = False  # whether it fits (n, C) 0/1 labels and predicts per-label probabilities
     num_gpus: float = 0.0  # a learner that trains inside the image path asks for a GPU
 
     @abstractmethod

@@ -37,11 +37,18 @@ def check_finite(strategy: str, what: str, array: np.ndarray | None, fix: str) -
         raise AcquisitionInputError(f"{strategy}: {what} contain NaN or inf (first at pool row {row}); {fix}")
 
 
-def check_probabilities(strategy: str, probs: np.ndarray | None) -> None:
+def check_probabilities(strategy: str, probs: np.ndarray | None, multilabel: bool = False) -> None:
+    """Finite softmax rows; for a multi-label task, finite per-label probabilities in [0, 1]."""
     if probs is None:
         return
     check_finite(strategy, "class probabilities", probs,
                  "the learner diverged -- lower its learning rate or check its training data")
+    if multilabel:
+        row = _first_bad_row(probs, lambda b: ((b < 0) | (b > 1)).any(axis=1))
+        if row is not None:
+            raise AcquisitionInputError(f"{strategy}: per-label probabilities of pool row {row} leave [0, 1]; a "
+                                        "multi-label predictor must return sigmoid probabilities, not logits")
+        return
     row = _first_bad_row(probs, lambda b: (np.abs(b.sum(axis=1, dtype=np.float64) - 1.0) > PROB_SUM_TOLERANCE)
                          | (b < 0).any(axis=1))
     if row is not None:
@@ -78,4 +85,4 @@ def check_selection_inputs(strategy: str, ctx: SelectionContext, budget: int) ->
     check_finite(strategy, "pool features", ctx.pool_features, fix)
     check_finite(strategy, "penultimate embeddings", ctx.embeddings, "the learner diverged; check its options")
     check_finite(strategy, "class text features", ctx.text_features, fix)
-    check_probabilities(strategy, ctx.probs)
+    check_probabilities(strategy, ctx.probs, ctx.task == "multilabel")

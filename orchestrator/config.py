@@ -345,6 +345,8 @@ def validate_names(config: SweepConfig) -> None:
     errors += _dataset_errors(config)
     for method in config.methods:
         errors += _method_errors(method, has_blackbox=config.blackbox is not None)
+    if not errors:
+        errors += _multilabel_errors(config)
     for cold in {config.cold_start, *(m.cold_start for m in config.methods if m.cold_start)}:
         if cold not in ("none", "method"):
             try:
@@ -366,6 +368,30 @@ def _dataset_errors(config: SweepConfig) -> list[str]:
                 errors.append(f"dataset {name!r} has splits {sorted(card.splits)}; set pool_split/test_split")
         except KeyError as exc:
             errors.append(str(exc.args[0]))
+    return errors
+
+
+def _multilabel_errors(config: SweepConfig) -> list[str]:
+    """Plug-ins that cannot handle the (n, C) 0/1 labels of a multi-label dataset they would run on."""
+    from datasets.registry import get_card
+    from methods.registry import ACQUISITIONS, ADAPTATIONS
+
+    multilabel = [n for n in config.datasets if get_card(n).task == "multilabel"]
+    if not multilabel:
+        return []
+    registries = {"acquisition": ACQUISITIONS, "adaptation": ADAPTATIONS}
+
+    def capable(kind):
+        return sorted(n for n in registries[kind].names() if getattr(registries[kind].get(n), "multilabel", False))
+
+    errors = []
+    for method in config.methods:
+        on = [d for d in multilabel if method.runs_on(d)]
+        unable = [(kind, part) for kind, part, opts in method.parts()
+                  if on and not registries[kind].create(part, **opts).multilabel]
+        errors += [f"method {method.name!r}: {kind} {part!r} cannot handle the multi-label task of {on} (0/1 label "
+                   f"vectors); multi-label {kind}s: {capable(kind)} -- or restrict the method with `datasets:`"
+                   for kind, part in unable]
     return errors
 
 

@@ -115,7 +115,7 @@ def selection_context(needs: frozenset[str], data: TrialData, predictor: Predict
         labelled_sources=view.sources if PROVENANCE in needs else None,
         transient=dict(view.transient) if PROVENANCE in needs else None,
         pool_labels=np.asarray(get(data.pool_labels)) if POOL_LABELS in needs else None,
-        outputs=_pool_outputs(needs, predictor, features, data.images),
+        outputs=_pool_outputs(needs, predictor, features, data.images), task=data.task,
     )
 
 
@@ -145,7 +145,7 @@ def adapt_context(needs: frozenset[str], data: TrialData, ledger, round_: int, p
         unlabelled=LedgerView.of(ledger, pool_size).unlabelled if UNLABELLED in needs else None,
         prepared={n: {k: get(v) for k, v in data.prepared[n].items()}
                   for n in map(prepared_name, needs) if n},
-        previous=previous,
+        previous=previous, task=data.task,
     )
 
 

@@ -451,13 +451,18 @@ def verify(split: CachedSplit) -> bool:
 
 
 def embed_class_texts(dataset: str, encoder: str | EncoderSpec = "tiny-clip", cache_root: Path | str = DEFAULT_CACHE,
-                      protocol: str = "default", address: str | None = None) -> dict:
-    """Normalised text embeddings of every class x template, cached as ``(T, C, D)``."""
+                      protocol: str = "default", address: str | None = None,
+                      templates: list[str] | None = None) -> dict:
+    """Normalised text embeddings of every class x template, cached as ``(T, C, D)``.
+
+    ``templates`` replaces the protocol's (a multi-label card's negative prompts); the cache file is keyed
+    by the templates themselves, so the two never share one.
+    """
     from datasets.registry import get_card
 
     spec = parse_encoder(encoder) if isinstance(encoder, str) else encoder
     card = get_card(dataset)
-    templates = card.prompts(protocol)
+    templates = list(templates) if templates else card.prompts(protocol)
     directory = Path(cache_root) / spec.key / dataset / "text"
     path = directory / f"{protocol}-{_digest([card.classes, templates])}.npz"
     ensure_writable(directory)

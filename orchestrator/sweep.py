@@ -105,9 +105,8 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
 
     from datasets.registry import get_card
 
-    from .features import DEFAULT_CACHE, EmbedOptions, embed_class_texts, embed_splits
+    from .features import DEFAULT_CACHE, EmbedOptions, embed_splits
     from .images import DatasetImages
-    from .zeroshot import class_embeddings
 
     cache = Path(config.cache).expanduser() if config.cache else DEFAULT_CACHE
     descriptions = sweep_descriptions(config) if descriptions is None else descriptions
@@ -126,7 +125,7 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
         for n in names:
             card = get_card(n)
             pool, test = cached[(n, config.pool_split)], cached[(n, config.test_split)]
-            text = embed_class_texts(n, config.encoder, cache, config.protocol, config.address)
+            text = class_text_features(config, card, cache)
             _check_features(n, pool.features, test.features)
             images = DatasetImages(n, {"pool": config.pool_split, "test": config.test_split},
                                    {"pool": np.asarray(pool.indices), "test": np.asarray(test.indices)},
@@ -136,7 +135,7 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
                 "pool_labels": ray.put(np.asarray(pool.labels)),
                 "test_features": ray.put(np.asarray(test.features, dtype=np.float32)),
                 "test_labels": ray.put(np.asarray(test.labels)),
-                "text_features": ray.put(class_embeddings(text["embeddings"])),
+                "text_features": ray.put(text),
                 "task": card.task, "num_classes": card.num_classes, "metric": metric_for(card),
                 "pool_size": len(pool),
                 "encoder": config.encoder, "precision": config.precision, "class_names": list(card.classes),
@@ -149,6 +148,23 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
                 "oracle_labels": _oracle_labels(n, config.pool_split, opts, pool),
             }
     return refs
+
+
+def class_text_features(config: SweepConfig, card, cache: Path) -> np.ndarray:
+    """(C, D) zero-shot class directions: the template ensemble, or for a multi-label card t+ − t−.
+
+    A multi-label task scores each label alone: its probability is the softmax over the label's positive
+    and negative prompt, i.e. sigmoid(x·(t+ − t−)/T), so the rows are left unnormalised differences.
+    """
+    from .features import embed_class_texts
+    from .zeroshot import class_embeddings
+
+    def ensemble(templates=None):
+        return class_embeddings(embed_class_texts(card.name, config.encoder, cache, config.protocol, config.address,
+                                                  templates)["embeddings"])
+
+    positive = ensemble()
+    return positive - ensemble(card.negative_templates) if card.task == "multilabel" else positive
 
 
 def _oracle_labels(dataset: str, split: str, options: dict, pool):
@@ -174,8 +190,9 @@ def _blackbox_spec(config: SweepConfig, card):
         return None
     from methods.core.blackbox import ClipBlackBoxSpec
 
+    negatives = tuple(card.negative_templates) if card.task == "multilabel" else ()
     return ClipBlackBoxSpec(config.blackbox.encoder, tuple(card.classes), tuple(card.prompts(config.protocol)),
-                            config.blackbox.temperature, config.precision)
+                            config.blackbox.temperature, config.precision, negative_templates=negatives)
 
 
 def _preparation_names(config: SweepConfig) -> list[str]:

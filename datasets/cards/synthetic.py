@@ -3,7 +3,7 @@
 from ..card import ClassAttributes, DatasetCard, SourceSpec
 from ..registry import get_card, register_card
 from ..synthetic.family import FAMILY, class_attributes
-from ..synthetic.templates import TEMPLATES
+from ..synthetic.templates import NEGATIVE_TEMPLATES, TEMPLATES
 
 _DESCRIPTIONS = {
     "synth-shapes": ("Synthetic shapes (coarse, 10 classes)", "synthetic-photo",
@@ -16,11 +16,15 @@ _DESCRIPTIONS = {
                     "overlap the tiny CLIP's caption vocabulary: weak zero-shot, learnable features."),
     "synth-lesions": ("Synthetic lesions (imbalanced binary, AUC)", "synthetic-grayscale-scan",
                       "10 % of scans hold a small faint blob; scored by AUC like the VALIANT protocols."),
+    "synth-findings": ("Synthetic findings (multi-label, 4 labels, macro AUC)", "synthetic-grayscale-scan",
+                       "Each scan holds each of four faint findings independently with probability 0.3 (none: "
+                       "normal tissue), like CheXpert's co-occurring observations; scored by macro AUC."),
 }
 
 for _name, _spec in FAMILY.items():
     _display, _modality, _notes = _DESCRIPTIONS[_name]
     _binary = _spec.positive_rate is not None
+    _task = "multilabel" if _spec.multilabel else "binary" if _binary else "multiclass"
     register_card(DatasetCard(
         name=_name,
         display_name=_display,
@@ -29,8 +33,9 @@ for _name, _spec in FAMILY.items():
         templates={"default": list(TEMPLATES[_name])},
         attributes={c: ClassAttributes(**a) for c, a in class_attributes(_name).items()},
         modality=_modality,
-        task="binary" if _binary else "multiclass",
-        metric="auc" if _binary else "accuracy",
+        negative_templates=list(NEGATIVE_TEMPLATES.get(_name, ())),
+        task=_task,
+        metric="accuracy" if _task == "multiclass" else "auc",
         splits={s: f"{n} rendered images (configurable)" for s, n in _spec.default_sizes.items()},
         source=SourceSpec(kind="synthetic", options={"member": _name},
                           obtain="Rendered on demand from the seed; nothing to download."),

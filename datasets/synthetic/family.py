@@ -109,15 +109,25 @@ class SyntheticSpec:
     scene_for: Callable[[int, np.random.Generator], Scene]
     positive_rate: float | None = None  # set for imbalanced binary sets
     default_sizes: dict[str, int] = field(default_factory=lambda: {"train": 5000, "test": 1000})
+    finding_rate: float | None = None  # set for multi-label sets: each label present independently at this rate
+
+    @property
+    def multilabel(self) -> bool:
+        return self.finding_rate is not None
 
     def labels(self, split: str, indices: np.ndarray, seed: int) -> np.ndarray:
+        """(n,) class ids, or (n, C) 0/1 label vectors for a multi-label member."""
         indices = np.asarray(indices, dtype=np.int64)
-        if self.positive_rate is None:
+        if self.positive_rate is None and self.finding_rate is None:
             return (indices % len(self.classes)).astype(np.int64)
-        stream = stream_id(self.name, split)
-        return np.array(
-            [int(image_rng(seed, stream, int(i)).random() < self.positive_rate) for i in indices], dtype=np.int64
-        )
+        return np.array([self._drawn_label(image_rng(seed, stream_id(self.name, split), int(i))) for i in indices],
+                        dtype=np.int64)
+
+    def _drawn_label(self, rng: np.random.Generator):
+        """The label a per-image generator draws first (render consumes the same draws in the same order)."""
+        if self.finding_rate is not None:
+            return (rng.random(len(self.classes)) < self.finding_rate).astype(np.int64)
+        return int(rng.random() < self.positive_rate)
 
     def render(self, split: str, indices: np.ndarray, seed: int, size: int = 32) -> np.ndarray:
         """Images for ``indices`` as an ``(n, size, size, 3)`` uint8 array."""
@@ -126,9 +136,9 @@ class SyntheticSpec:
         out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
         for k, (i, y) in enumerate(zip(np.asarray(indices), labels)):
             rng = image_rng(seed, stream, int(i))
-            if self.positive_rate is not None:
-                rng.random()  # the label draw, consumed in the same order as labels()
-            out[k] = render(self.scene_for(int(y), rng), rng, size)
+            if self.positive_rate is not None or self.finding_rate is not None:
+                self._drawn_label(rng)  # the label draw, consumed in the same order as labels()
+            out[k] = render(self.scene_for(y if self.multilabel else int(y), rng), rng, size)
         return out
 
 
@@ -182,6 +192,24 @@ def _lesion_scene(label: int, rng: np.random.Generator) -> Scene:
     )
 
 
+#: The findings of the multi-label member: shapes that stay distinct when several share a small scan.
+FINDING_SHAPES = ("circle", "square", "bar", "ring")
+
+
+def _findings_scene(label: np.ndarray, rng: np.random.Generator) -> Scene:
+    """A scan holding every finding whose label is 1 (none: normal tissue), each placed on its own."""
+    return Scene(
+        shape=None,
+        color="white",
+        pattern="solid",
+        background="noisy",
+        size="small",
+        domain="scan",
+        contrast=float(rng.uniform(0.16, 0.3)),
+        extra_shapes=tuple(s for s, present in zip(FINDING_SHAPES, label) if present),
+    )
+
+
 FINE_CLASSES: tuple[tuple[str, str], ...] = tuple((p, s) for s in FINE_SHAPES for p in FINE_PATTERNS)
 
 FAMILY: dict[str, SyntheticSpec] = {
@@ -191,6 +219,8 @@ FAMILY: dict[str, SyntheticSpec] = {
         SyntheticSpec("synth-patterned-shapes", tuple(f"{p} {s}" for p, s in FINE_CLASSES), _fine_scene),
         SyntheticSpec("synth-scans", tuple(SCAN_CLASS_NAMES[s] for s in COARSE_SHAPES), _scan_scene),
         SyntheticSpec("synth-lesions", ("normal", "lesion"), _lesion_scene, positive_rate=0.1),
+        SyntheticSpec("synth-findings", tuple(SCAN_CLASS_NAMES[s] for s in FINDING_SHAPES), _findings_scene,
+                      finding_rate=0.3),
     )
 }
 
@@ -201,6 +231,8 @@ def _class_parts(spec_name: str) -> dict[str, tuple[str | None, str]]:
         return {f"{p} {s}": (p, s) for p, s in FINE_CLASSES}
     if spec_name == "synth-scans":
         return {SCAN_CLASS_NAMES[s]: (None, s) for s in COARSE_SHAPES}
+    if spec_name == "synth-findings":
+        return {SCAN_CLASS_NAMES[s]: (None, s) for s in FINDING_SHAPES}
     return {s: (None, s) for s in COARSE_SHAPES}
 
 
@@ -241,7 +273,7 @@ def _shape_class_attributes(spec_name: str, pattern: str | None, shape: str) -> 
         positive.insert(0, f"a {shape} with {PATTERN_TRAITS[pattern]}")
         discriminative.append(f"a {pattern} {shape} with {pattern_cue}")
         confusion.append(f"a {look_alike} {shape} with {PATTERN_TRAITS[look_alike]}")
-    if spec_name == "synth-scans":
+    if spec_name in ("synth-scans", "synth-findings"):
         positive.append(f"a faint {shape} in grayscale noise")
     if len(discriminative) < 3:  # look-alikes that share most traits
         discriminative.append(f"a {shape}, not a {other}")

@@ -17,7 +17,7 @@ Two visual domains exist:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -64,6 +64,7 @@ class Scene:
     size: str
     domain: str = "photo"  # "photo" or "scan"
     contrast: float = 1.0  # scan domain: shape intensity above the tissue
+    extra_shapes: tuple[str, ...] = ()  # scan domain: further shapes, each placed on its own (multi-label findings)
 
 
 def image_rng(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -189,9 +190,9 @@ def _render_photo(scene: Scene, rng: np.random.Generator, big: int) -> np.ndarra
 def _render_scan(scene: Scene, rng: np.random.Generator, big: int) -> np.ndarray:
     tissue = 60 + 90 * _smooth_noise(rng, big, int(rng.integers(3, 7)))
     tissue += 45 * (_smooth_noise(rng, big, 12) - 0.5)
-    if scene.shape is not None:
-        u, v = _local_coords(scene, rng, big)
-        mask = _shape_mask(scene.shape, u, v).astype(np.float32)
+    for shape in ((scene.shape,) if scene.shape is not None else ()) + tuple(scene.extra_shapes):
+        u, v = _local_coords(replace(scene, shape=shape), rng, big)
+        mask = _shape_mask(shape, u, v).astype(np.float32)
         tissue += 255 * scene.contrast * mask
     tissue += rng.normal(0, 18, tissue.shape)
     return np.repeat(tissue[..., None], 3, axis=2)

@@ -13,4 +13,9 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "synth-patterned-shapes": PHOTO_TEMPLATES,
     "synth-scans": SCAN_TEMPLATES,
     "synth-lesions": LESION_TEMPLATES,
+    "synth-findings": SCAN_TEMPLATES,
+}
+#: The multi-label member's negative prompts (each label: positive vs negative, CheXzero-style).
+NEGATIVE_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "synth-findings": ("a normal grayscale scan without a {}.", "an empty scan with no {}."),
 }

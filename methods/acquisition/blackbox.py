@@ -19,6 +19,7 @@ import numpy as np
 from ..base import INSTABILITY, PROMPTED_PROBS, AcquisitionStrategy, Selection, SelectionContext, predictor_output
 from ..registry import register_acquisition
 from ..validation import AcquisitionInputError
+from .uncertainty import prediction_entropy
 
 def top_by_score(strategy: str, scores: np.ndarray, rows: np.ndarray, budget: int, rng: np.random.Generator,
                  fix: str) -> np.ndarray:
@@ -29,17 +30,11 @@ def top_by_score(strategy: str, scores: np.ndarray, rows: np.ndarray, budget: in
     return np.sort(rows[order[:budget]])
 
 
-def entropy(probs: np.ndarray, multilabel: bool) -> np.ndarray:
-    """Predictive entropy per row; for independent per-label probabilities the sum of binary entropies."""
-    p = np.clip(np.asarray(probs, np.float64), 1e-12, 1 - 1e-12)
-    if multilabel:
-        return -(p * np.log(p) + (1 - p) * np.log(1 - p)).sum(1)
-    return -(p * np.log(p)).sum(1)
-
-
 @register_acquisition("valiant")
 class Valiant(AcquisitionStrategy):
     """VALIANT (eq. 6-8): top-B unlabelled rows by prompt instability, the ``vipd`` selector's output."""
+
+    multilabel = True  # the instability reads no labels
 
     requires = frozenset({predictor_output(INSTABILITY)})
 
@@ -54,11 +49,13 @@ class Valiant(AcquisitionStrategy):
 class BAPS(AcquisitionStrategy):
     """BAPS as an AL baseline: top-B entropy of the prompted black box's answers (the ``baps`` selector's)."""
 
+    multilabel = True
+
     requires = frozenset({predictor_output(PROMPTED_PROBS)})
 
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
         rows = np.asarray(ctx.unlabelled, np.int64)
         probs = np.asarray(ctx.outputs[PROMPTED_PROBS])[rows]
-        multilabel = getattr(ctx, "task", "multiclass") == "multilabel"
-        return Selection(top_by_score(self.name, entropy(probs, multilabel), rows, budget, rng,
+        scores = prediction_entropy(probs, ctx.task == "multilabel")
+        return Selection(top_by_score(self.name, scores, rows, budget, rng,
                                       "the baps selector diverged: lower its step size a"))

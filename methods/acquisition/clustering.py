@@ -77,6 +77,8 @@ class TypiClust(AcquisitionStrategy):
     KMeans/MiniBatchKMeans.
     """
 
+    multilabel = True  # reads features only
+
     class Options(PluginOptions):
         feature_space: FeatureSpace = "image"
         max_clusters: Int = Field(500, ge=1, description="cap on K")
@@ -190,6 +192,8 @@ class ProbCover(AcquisitionStrategy):
     the sampled graph above ``graph_sample``; k-means is faiss/torch Lloyd
     with k-means++ seeding.
     """
+
+    multilabel = True  # reads features only
 
     class Options(PluginOptions):
         feature_space: FeatureSpace = "image"

@@ -22,6 +22,8 @@ class CoreSet(AcquisitionStrategy):
     builds the N x L matrix).
     """
 
+    multilabel = True  # reads features only
+
     class Options(PluginOptions):
         feature_space: FeatureSpace = "image"
         working_mb: WorkingMB = 256

@@ -28,19 +28,14 @@ from ..options import Int, Number, PluginOptions
 from ..registry import ACQUISITIONS, ADAPTATIONS, register_acquisition
 from ..validation import AcquisitionInputError
 from .clustering import WorkingMB
-from .uncertainty import top_k
+from .uncertainty import prediction_entropy, top_k
 
 
-def _entropy(probs: np.ndarray) -> np.ndarray:
-    """Row entropies (nats) in float64; 0 log 0 counts as 0."""
-    p = np.asarray(probs, dtype=np.float64)
-    return -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=-1)
-
-
-def mutual_information(samples: np.ndarray) -> np.ndarray:
-    """BALD's score from stacked draws ``samples`` (T, n, C): ``H(mean_t p_t) - mean_t H(p_t)``."""
+def mutual_information(samples: np.ndarray, multilabel: bool = False) -> np.ndarray:
+    """BALD's score from stacked draws ``samples`` (T, n, C): ``H(mean_t p_t) - mean_t H(p_t)``
+    (multi-label: summed over labels, each a Bernoulli)."""
     samples = np.asarray(samples, dtype=np.float64)
-    return _entropy(samples.mean(axis=0)) - _entropy(samples).mean(axis=0)
+    return prediction_entropy(samples.mean(axis=0), multilabel) - prediction_entropy(samples, multilabel).mean(axis=0)
 
 
 def _require_feature_predictor(strategy: str, predictor: Predictor | None) -> Predictor:
@@ -71,6 +66,7 @@ def mc_dropout_scores(predictor: Predictor, features: np.ndarray, rows: np.ndarr
     rows = np.asarray(rows, dtype=np.int64)
     out = np.empty(len(rows), dtype=np.float64)
     scale = np.float32(1.0 / (1.0 - p))
+    multilabel = bool(getattr(predictor, "multilabel", False))
     for s in range(0, len(rows), chunk):
         x = np.asarray(features[rows[s: s + chunk]], dtype=np.float32)
         mean_p = None
@@ -79,8 +75,8 @@ def mc_dropout_scores(predictor: Predictor, features: np.ndarray, rows: np.ndarr
             keep = rng.random(x.shape, dtype=np.float32) >= p
             probs = np.asarray(predictor.predict_proba(x * keep * scale), dtype=np.float64)
             mean_p = probs if mean_p is None else mean_p + probs
-            mean_h += _entropy(probs)
-        out[s: s + chunk] = _entropy(mean_p / samples) - mean_h / samples
+            mean_h += prediction_entropy(probs, multilabel)
+        out[s: s + chunk] = prediction_entropy(mean_p / samples, multilabel) - mean_h / samples
     return out
 
 
@@ -90,7 +86,8 @@ def ensemble_scores(heads: list[Predictor], features: np.ndarray, rows: np.ndarr
     out = np.empty(len(rows), dtype=np.float64)
     for s in range(0, len(rows), chunk):
         x = np.asarray(features[rows[s: s + chunk]], dtype=np.float32)
-        out[s: s + chunk] = mutual_information(np.stack([h.predict_proba(x) for h in heads]))
+        out[s: s + chunk] = mutual_information(np.stack([h.predict_proba(x) for h in heads]),
+                                               bool(getattr(heads[0], "multilabel", False)))
     return out
 
 
@@ -128,6 +125,8 @@ class Bald(AcquisitionStrategy):
     * Selection is top-B, not BatchBALD's joint batch score.
     """
 
+    multilabel = True  # per-label Bernoulli mutual information, summed
+
     class Options(PluginOptions):
         mode: Literal["mc_dropout", "ensemble"] = "mc_dropout"
         samples: Int = Field(20, ge=2, description="dropout passes; one pass has no disagreement")
@@ -158,7 +157,8 @@ class Bald(AcquisitionStrategy):
         labelled = np.asarray(ctx.labelled, dtype=np.int64)
         targets = np.asarray(ctx.labelled_targets, dtype=np.int64)
         x = np.asarray(ctx.pool_features[labelled], dtype=np.float32)
-        actx = AdaptContext(ctx.num_classes, ctx.round, np.asarray(ctx.text_features, dtype=np.float32), device="cpu")
+        actx = AdaptContext(ctx.num_classes, ctx.round, np.asarray(ctx.text_features, dtype=np.float32), device="cpu",
+                            task=ctx.task)
         heads = []
         threads = torch.get_num_threads()
         if len(labelled) <= 4096:  # a few hundred rows: OpenMP threads only contend (6x slower on 2 busy cores)

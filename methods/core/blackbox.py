@@ -28,6 +28,9 @@ class ClipBlackBoxSpec:
     temperature: float = 0.01
     precision: str = "fp32"
     device: str | None = field(default=None, compare=False)
+    # A multi-label task: each label answered by the softmax over its positive and negative prompt,
+    # sigmoid((f·t+ − f·t−)/T), from these templates (the card's negative_templates).
+    negative_templates: tuple[str, ...] = ()
 
     def open(self) -> "ClipBlackBox":
         """A fresh handle with its own query counter."""
@@ -43,9 +46,14 @@ def _zero_shot_head(spec: ClipBlackBoxSpec):
     from .encoders import load_encoder
 
     encoder = load_encoder(spec.encoder, spec.precision, pick_device(spec.device))
-    texts = [t.format(c) for c in spec.class_names for t in spec.templates]
-    emb = encoder.encode_texts(texts).reshape(len(spec.class_names), len(spec.templates), -1).mean(1)
-    return encoder, torch.nn.functional.normalize(emb, dim=-1).to(encoder.device)
+
+    def ensemble(templates):
+        texts = [t.format(c) for c in spec.class_names for t in templates]
+        emb = encoder.encode_texts(texts).reshape(len(spec.class_names), len(templates), -1).mean(1)
+        return torch.nn.functional.normalize(emb, dim=-1).to(encoder.device)
+
+    head = ensemble(spec.templates)
+    return encoder, head - ensemble(spec.negative_templates) if spec.negative_templates else head
 
 
 class ClipBlackBox(BlackBox):
@@ -72,5 +80,6 @@ class ClipBlackBox(BlackBox):
         size = encoder.image_size
         if pixels.shape[-2:] != (size, size):
             pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
-        features = encoder.encode_images(pixels).to(classifier.device)
-        return torch.softmax(features @ classifier.T / self._spec.temperature, dim=-1).cpu().numpy()
+        logits = encoder.encode_images(pixels).to(classifier.device) @ classifier.T / self._spec.temperature
+        answer = torch.sigmoid(logits) if self._spec.negative_templates else torch.softmax(logits, dim=-1)
+        return answer.cpu().numpy()

@@ -77,12 +77,15 @@ class BAPSPredictor(LinearPredictor):
     @classmethod
     def from_state(cls, state):
         return cls(np.asarray(state["weight"]), np.asarray(state["bias"]), float(state["temperature"]),
-                   np.asarray(state["decoder"]), np.asarray(state["prompted"]))
+                   np.asarray(state["decoder"]), np.asarray(state["prompted"]),
+                   multilabel=bool(state.get("multilabel", False)))
 
 
 @register_adaptation("baps")
 class BAPSSelector(Learner):
     """BAPS's supervised SPSA-GC prompt generator on the black box; a selector for the ``baps`` strategy."""
+
+    multilabel = True
 
     requires = frozenset({IMAGES, BLACKBOX, TEXT_FEATURES, UNLABELLED})
     provides = FEATURE_PREDICTOR_PROVIDES | {predictor_output(PROMPTED_PROBS)}

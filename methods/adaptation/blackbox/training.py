@@ -39,7 +39,7 @@ class SPSAOptions(PluginOptions):
 def zero_shot_head(ctx: AdaptContext) -> dict:
     """The template-ensemble classifier: what a black-box learner's predictor scores classes with."""
     return dict(weight=np.asarray(ctx.text_features, np.float32), bias=np.zeros(ctx.num_classes, np.float32),
-                temperature=DEFAULT_TEMPERATURE)
+                temperature=DEFAULT_TEMPERATURE, multilabel=ctx.task == "multilabel")
 
 
 def row_batches(rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:

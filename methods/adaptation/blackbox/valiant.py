@@ -165,12 +165,15 @@ class VIPDPredictor(LinearPredictor):
     @classmethod
     def from_state(cls, state):
         return cls(np.asarray(state["weight"]), np.asarray(state["bias"]), float(state["temperature"]),
-                   np.asarray(state["decoder"]), np.asarray(state["instability"]), json.loads(str(state["settings"])))
+                   np.asarray(state["decoder"]), np.asarray(state["instability"]), json.loads(str(state["settings"])),
+                   multilabel=bool(state.get("multilabel", False)))
 
 
 @register_adaptation("vipd")
 class VIPDSelector(Learner):
     """VALIANT's prompt decoder, trained by SPSA-GC through the black box; a selector for ``valiant``."""
+
+    multilabel = True
 
     requires = frozenset({IMAGES, BLACKBOX, TEXT_FEATURES, prepared(SEGMENTATION_CODES)})
     provides = FEATURE_PREDICTOR_PROVIDES | {predictor_output(INSTABILITY)}
