@@ -13,7 +13,7 @@ import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -113,6 +113,23 @@ class BlackBoxConfig(BaseModel):
     encoder: str = Field("tiny-clip", description="the open_clip model answering queries, zero-shot")
     temperature: float = Field(0.01, gt=0)
     cost_per_1000: float | None = Field(None, ge=0, description="price of 1,000 queries, for the report")
+    serve: bool = Field(False, description="serve it over HTTP with Ray Serve on the cluster; trials query the URL")
+    url: str | None = Field(None, description="an endpoint already serving it (orchestrator/serving.py protocol)")
+    port: int = Field(8000, ge=1, le=65535, description="the port `serve` binds on 127.0.0.1")
+
+    #: How the black box is reached, not what it answers: kept out of the trial hash (served = local).
+    TRANSPORT: ClassVar[frozenset[str]] = frozenset({"serve", "url", "port"})
+
+    @model_validator(mode="after")
+    def _one_transport(self):
+        if self.serve and self.url:
+            raise ValueError("blackbox: set `serve: true` (the sweep serves it) or `url:` (someone else does), "
+                             "not both")
+        return self
+
+    def answers(self) -> dict:
+        """What determines the answers (the trial hash's part)."""
+        return self.model_dump(exclude=set(self.TRANSPORT))
 
 
 class SweepConfig(BaseModel):
@@ -126,6 +143,9 @@ class SweepConfig(BaseModel):
     protocol: str = "default"
     pool_split: str = "train"
     test_split: str = "test"
+    dataset_splits: dict[str, dict[Literal["pool", "test"], str]] = Field(
+        default_factory=dict, description="per dataset, split names replacing pool_split / test_split "
+                                          "(CheXpert has no test split: {chexpert: {test: val}})")
     methods: list[MethodConfig]
     plugins: list[str] = Field(default_factory=list, description="modules or .py files that register plug-ins")
     cards: list[str] = Field(default_factory=list, description="dataset card YAML files outside the package")
@@ -205,6 +225,11 @@ class SweepConfig(BaseModel):
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
 
+    def splits_of(self, dataset: str) -> tuple[str, str]:
+        """(pool split, test split) of a dataset: the sweep's, unless ``dataset_splits`` renames them."""
+        own = self.dataset_splits.get(dataset, {})
+        return own.get("pool", self.pool_split), own.get("test", self.test_split)
+
     def trials(self) -> list[dict]:
         """The grid, one resolved config per trial, each with its ``config_hash``."""
         out = []
@@ -224,15 +249,15 @@ class SweepConfig(BaseModel):
                 "encoder": self.encoder,
                 "precision": self.precision,
                 "protocol": self.protocol,
-                "pool_split": self.pool_split,
-                "test_split": self.test_split,
+                "pool_split": self.splits_of(dataset)[0],
+                "test_split": self.splits_of(dataset)[1],
                 "plugins": list(self.plugins),
             }
             # Newer keys enter a trial only when set, so configs that do not use them keep their hashes.
             if self.cards:
                 trial["cards"] = self.card_paths
             if self.blackbox is not None:
-                trial["blackbox"] = self.blackbox.model_dump()
+                trial["blackbox"] = self.blackbox.answers()
             trial["config_hash"] = config_hash(trial)
             out.append(trial)
         return out
@@ -360,12 +385,14 @@ def validate_names(config: SweepConfig) -> None:
 def _dataset_errors(config: SweepConfig) -> list[str]:
     from datasets.registry import get_card
 
-    errors = []
+    errors = [f"dataset_splits names {name!r}, which the sweep does not run (datasets: {config.datasets})"
+              for name in config.dataset_splits if name not in config.datasets]
     for name in config.datasets:
         try:
             card = get_card(name)
-            if config.pool_split not in card.splits or config.test_split not in card.splits:
-                errors.append(f"dataset {name!r} has splits {sorted(card.splits)}; set pool_split/test_split")
+            if not set(config.splits_of(name)) <= set(card.splits):
+                errors.append(f"dataset {name!r} has splits {sorted(card.splits)}; set pool_split/test_split, "
+                              f"or for this dataset alone `dataset_splits: {{{name}: {{test: ...}}}}`")
         except KeyError as exc:
             errors.append(str(exc.args[0]))
     return errors

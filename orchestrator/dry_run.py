@@ -306,10 +306,11 @@ def check_dataset(config: SweepConfig, name: str, cache_root: Path, spec, needs_
 
     card = get_card(name)
     options = config.dataset_options.get(name, {})
-    checked = [check_split(name, s, options) for s in dict.fromkeys((config.pool_split, config.test_split))]
+    pool_split, test_split = config.splits_of(name)
+    checked = [check_split(name, s, options) for s in dict.fromkeys((pool_split, test_split))]
     status = DatasetStatus(name, card.source.kind, card.num_classes, [c[0] for c in checked],
                            card.source.obtain.strip())
-    status.pool_size, status.pool_size_from = pool_size(card, config.pool_split, checked[0][1], cache_root, spec)
+    status.pool_size, status.pool_size_from = pool_size(card, pool_split, checked[0][1], cache_root, spec)
     if needs_descriptions:
         status.descriptions = check_descriptions(card)
     if needs_attributes:

@@ -99,7 +99,7 @@ def sweep_attributes(config: SweepConfig) -> dict[str, dict[str, dict[str, list[
 
 
 def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str]]] | None = None,
-                 attributes: dict[str, dict] | None = None) -> dict[str, dict]:
+                 attributes: dict[str, dict] | None = None, blackbox_url: str | None = None) -> dict[str, dict]:
     """Embed (or reuse) every split the sweep needs and put the arrays in the object store once."""
     import ray
 
@@ -119,15 +119,16 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
         by_options.setdefault(key, []).append(name)
     for names in by_options.values():
         opts = config.dataset_options.get(names[0], {})
-        requests = [(n, s) for n in names for s in (config.pool_split, config.test_split)]
+        requests = [(n, s) for n in names for s in config.splits_of(n)]
         cached = embed_splits(requests, config.encoder, cache, EmbedOptions(), source_options=opts,
                               address=config.address)
         for n in names:
             card = get_card(n)
-            pool, test = cached[(n, config.pool_split)], cached[(n, config.test_split)]
+            pool_split, test_split = config.splits_of(n)
+            pool, test = cached[(n, pool_split)], cached[(n, test_split)]
             text = class_text_features(config, card, cache)
             _check_features(n, pool.features, test.features)
-            images = DatasetImages(n, {"pool": config.pool_split, "test": config.test_split},
+            images = DatasetImages(n, {"pool": pool_split, "test": test_split},
                                    {"pool": np.asarray(pool.indices), "test": np.asarray(test.indices)},
                                    config.encoder, dict(opts), card_files=tuple(config.card_paths))
             refs[n] = {
@@ -142,10 +143,10 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
                 "templates": card.prompts(config.protocol),
                 "attributes": attributes[n],
                 "images": images,
-                "blackbox": _blackbox_spec(config, card),
+                "blackbox": _blackbox_spec(config, card, blackbox_url),
                 "prepared": _prepared(config, steps, n, cache, pool, images),
                 "class_descriptions": descriptions.get(n, {}),
-                "oracle_labels": _oracle_labels(n, config.pool_split, opts, pool),
+                "oracle_labels": _oracle_labels(n, pool_split, opts, pool),
             }
     return refs
 
@@ -185,14 +186,41 @@ def _oracle_labels(dataset: str, split: str, options: dict, pool):
     return ray.put(np.asarray(answers)[np.asarray(pool.indices)])
 
 
-def _blackbox_spec(config: SweepConfig, card):
+def _blackbox_spec(config: SweepConfig, card, url: str | None = None):
+    """What trials open: the local zero-shot black box, or the same one behind an HTTP endpoint."""
     if config.blackbox is None:
         return None
-    from methods.core.blackbox import ClipBlackBoxSpec
+    from methods.core.blackbox import ClipBlackBoxSpec, ServedBlackBoxSpec
 
+    url = url or config.blackbox.url
+    if url:
+        return ServedBlackBoxSpec(url, card.name, card.num_classes)
     negatives = tuple(card.negative_templates) if card.task == "multilabel" else ()
     return ClipBlackBoxSpec(config.blackbox.encoder, tuple(card.classes), tuple(card.prompts(config.protocol)),
                             config.blackbox.temperature, config.precision, negative_templates=negatives)
+
+
+def start_blackbox_server(config: SweepConfig) -> str | None:
+    """With ``blackbox: {serve: true}``: serve every dataset's black box with Ray Serve; returns the base URL."""
+    if config.blackbox is None or not config.blackbox.serve:
+        return None
+    from datasets.registry import get_card
+
+    from .serving import serve_blackboxes
+
+    specs = {n: _blackbox_spec(config, get_card(n)) for n in config.datasets}
+    return serve_blackboxes(specs, config.blackbox.port)
+
+
+def _log_served_queries(tracker, parent: str, url: str, datasets: list[str]) -> None:
+    """The server's own query counts, on the sweep's parent run (``served_queries/<dataset>``); then stop it."""
+    from methods.core.blackbox import served_queries
+
+    from .serving import stop_blackboxes
+
+    for dataset in datasets:
+        tracker.client.log_metric(parent, f"served_queries/{dataset}", served_queries(url, dataset))
+    stop_blackboxes(datasets)
 
 
 def _preparation_names(config: SweepConfig) -> list[str]:
@@ -324,9 +352,12 @@ def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = 
     descriptions = sweep_descriptions(config)  # a missing description file fails before Ray starts
     attributes = sweep_attributes(config)  # so does a missing attribute file
     ensure_ray(config.address)
+    served = start_blackbox_server(config)
+    if served:
+        _say(console, f"black box served with Ray Serve at {served}/<dataset>")
     _say(console, f"embedding {len(config.datasets)} dataset(s) with {config.encoder} (cached after the first run)")
     t_embed = time.time()
-    data = prepare_data(config, descriptions, attributes)
+    data = prepare_data(config, descriptions, attributes, blackbox_url=served)
     embed_seconds = time.time() - t_embed
 
     trials = config.trials()
@@ -366,6 +397,8 @@ def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = 
         )
         grid = tuner.fit()
         failed = [r.config["trial"]["config_hash"] for r in grid if r.error is not None]
+    if served:
+        _log_served_queries(tracker, parent, served, config.datasets)
     tracker.client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
     return SweepOutcome(config.experiment, config.tracking_uri, parent, len(trials), len(finished),
                         len(resumable), failed, time.time() - t0, embed_seconds, callback.log_seconds)

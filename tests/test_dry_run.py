@@ -222,3 +222,21 @@ def test_offline_twins_with_attributes_are_ready(capsys):
     assert code == 0 and summary["trials"] == 90
     assert summary["datasets"]["synth-scans"]["attributes"] == {"source": "card", "files": {}, "present": True,
                                                               "classes": 10}
+
+
+def test_the_valiant_config_counts_its_grid_and_reads_chexperts_val_split_as_its_test(capsys, empty_root):
+    code, summary, _ = _run(capsys, PAPERS / "valiant.yaml")
+    assert code == 3 and summary["trials"] == 5 * 9 * 10  # 5 datasets x 9 methods x 10 runs, one budget
+    assert [s["split"] for s in summary["datasets"]["chexpert"]["splits"]] == ["train", "val"]
+    refuge = next(g for g in summary["labels"] if g["dataset"] == "refuge")
+    assert refuge["per_round"] == [40] * 10 and refuge["labels_per_trial"] == 400  # 10 %, ..., 100 % of 400
+
+
+def test_the_valiant_twin_is_ready_and_a_split_rename_for_an_unknown_dataset_is_refused(capsys, tmp_path):
+    from orchestrator.config import ConfigError, load_config
+
+    code, summary, _ = _run(capsys, PAPERS / "valiant-offline.yaml")
+    assert code == 0 and summary["trials"] == 2 * 9 * 3
+    methods = [{"acquisition": "random", "adaptation": "linear_probe"}]
+    with pytest.raises(ConfigError, match="dataset_splits names 'chexpert', which the sweep does not run"):
+        load_config(_config(tmp_path, methods=methods, dataset_splits={"chexpert": {"test": "val"}}))

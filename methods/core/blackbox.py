@@ -83,3 +83,94 @@ class ClipBlackBox(BlackBox):
         logits = encoder.encode_images(pixels).to(classifier.device) @ classifier.T / self._spec.temperature
         answer = torch.sigmoid(logits) if self._spec.negative_templates else torch.softmax(logits, dim=-1)
         return answer.cpu().numpy()
+
+
+# ------------------------------------------------------------------ the same black box over HTTP
+
+
+def _npy(array) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _from_npy(data: bytes) -> np.ndarray:
+    import io
+
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+@dataclass(frozen=True)
+class ServedBlackBoxSpec:
+    """A black box behind an HTTP endpoint: ``POST {url}/{dataset}`` with an ``.npy`` batch of preprocessed
+    images answers an ``.npy`` (n, C) array; ``GET`` answers the server's own count, ``{"queries": n}``.
+    ``orchestrator/serving.py`` serves any :class:`ClipBlackBoxSpec` that way with Ray Serve."""
+
+    url: str
+    dataset: str
+    num_classes: int
+    timeout: float = 120.0
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.url.rstrip('/')}/{self.dataset}"
+
+    def open(self) -> "ServedBlackBox":
+        return ServedBlackBox(self)
+
+
+class BlackBoxUnreachable(ConnectionError):
+    """The served black box did not answer; the trial fails and its retry resumes from the last finished round."""
+
+
+class ServedBlackBox(BlackBox):
+    """The client side: distributions only, every image counted here as the server counts it there."""
+
+    def __init__(self, spec: ServedBlackBoxSpec):
+        self._spec = spec
+        self.queries = 0
+
+    def __getattr__(self, name: str):
+        raise AttributeError(f"the black box answers query(images) -> (n, C) distributions and nothing else; "
+                             f"{name!r} (features, gradients, weights, the model) is not available through it")
+
+    def query(self, pixels) -> np.ndarray:
+        import urllib.error
+        import urllib.request
+
+        batch = np.asarray(pixels, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"black box: expected images (n, 3, H, W), got shape {batch.shape}")
+        request = urllib.request.Request(self._spec.endpoint, data=_npy(batch), method="POST",
+                                         headers={"Content-Type": "application/octet-stream"})
+        try:
+            with urllib.request.urlopen(request, timeout=self._spec.timeout) as response:
+                answer = _from_npy(response.read())
+        except urllib.error.HTTPError as exc:  # it answered, with an error
+            detail = exc.read().decode(errors="replace")[:500]
+            if exc.code == 400:
+                raise ValueError(f"the black box at {self._spec.endpoint} refused the batch: {detail}") from None
+            raise BlackBoxUnreachable(f"the black box at {self._spec.endpoint} failed (HTTP {exc.code}: {detail}); "
+                                      "the trial fails now and its retry resumes from its last finished round") \
+                from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise BlackBoxUnreachable(
+                f"the black box at {self._spec.endpoint} did not answer ({exc}); is the endpoint up (for one "
+                "served by the sweep: `serve status`)? The trial fails now and its retry resumes from its last "
+                "finished round") from None
+        if answer.shape != (len(batch), self._spec.num_classes):
+            raise ValueError(f"the black box at {self._spec.endpoint} answered shape {answer.shape} for "
+                             f"{len(batch)} images of a {self._spec.num_classes}-class task")
+        self.queries += len(batch)
+        return answer
+
+
+def served_queries(url: str, dataset: str, timeout: float = 30.0) -> int:
+    """The server's own count of the images it was asked about for ``dataset``."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url.rstrip('/')}/{dataset}", timeout=timeout) as response:
+        return int(json.loads(response.read())["queries"])
