@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from methods.base import (BLACKBOX, CLASS_EMBEDDINGS, EMBEDDINGS, IMAGES, POOL_FEATURES, POOL_LABELS, PREDICTOR,
-                          PROBS, PROVENANCE, TEXT_FEATURES, output_name, predictor_output)
+                          PROBS, PROVENANCE, TEXT_FEATURES, output_name)
 from methods.registry import ACQUISITIONS, ADAPTATIONS
 from orchestrator.budget import BudgetLedger, PerRound
 from orchestrator.contexts import LedgerView, TrialData, selection_context
@@ -33,6 +33,8 @@ def tiny_data() -> TrialData:
     from methods.attribute_embeddings import AttributeEmbeddings
     from methods.core.encoders import load_encoder
     from orchestrator.preparation import card_inputs
+    from methods.core.blackbox import ClipBlackBoxSpec
+    from methods.segmentation_codes import SegmentationCodes
     from orchestrator.images import DatasetImages
     from orchestrator.zeroshot import class_embeddings
 
@@ -46,16 +48,27 @@ def tiny_data() -> TrialData:
     templates = card.prompts()
     text = encoder.encode_texts([t.format(c) for t in templates for c in card.classes]).numpy()
     attributes = AttributeEmbeddings().run(card_inputs("synth-shapes", "tiny-clip"), np.random.default_rng(0))
+    segmentation = SegmentationCodes(epochs=2).run(card_inputs("synth-shapes", "tiny-clip", images=images),
+                                                   np.random.default_rng(0))
+    blackbox = ClipBlackBoxSpec("tiny-clip", tuple(card.classes), tuple(templates))
     return TrialData(feats["pool"], labels["pool"], feats["test"], labels["test"],
                      class_embeddings(text.reshape(len(templates), len(card.classes), -1)), "multiclass",
                      card.num_classes, "top1", class_names=list(card.classes), templates=templates,
                      attributes={c: a.model_dump() for c, a in card.attributes.items()}, images=images,
-                     prepared={"attribute_embeddings": attributes})
+                     prepared={"attribute_embeddings": attributes, "segmentation_codes": segmentation},
+                     blackbox=blackbox)
+
+
+#: Options that fit a learner's defaults to the test pool: the card's 3 descriptions per class (BiomedCoOp takes
+#: 50), and a few SPSA steps for the black-box learners.
+SMALL_LEARNER = {"biomedcoop": {"n_prompts": 3}, "vipd": {"steps": 2, "batch_size": 8, "draws": 1},
+                 "baps": {"steps": 2, "batch_size": 8, "draws": 1}}
 
 
 def _fast(name: str) -> dict:
     """Options that keep any learner's fit to seconds: one or two epochs where it has epochs."""
-    return {"epochs": 2} if "epochs" in ADAPTATIONS.resolve_options(name, {}) else {}
+    fast = {"epochs": 2} if "epochs" in ADAPTATIONS.resolve_options(name, {}) else {}
+    return {**fast, **SMALL_LEARNER.get(name, {})}
 
 
 #: Options that fit a strategy's defaults to the 120-row test pool (dual-prompt mining takes 16 per class).
@@ -71,17 +84,24 @@ def _history(run):
     return [({k: v for k, v in m.items() if not k.startswith("seconds")}, q) for _, m, q in run.rounds()]
 
 
+#: The learner whose predictor gives a strategy's declared output.
+OUTPUT_PARTNER = {"clean_prob": "dual_prompt", "instability": "vipd", "prompted_probs": "baps"}
+
+
 def _partner(strategy) -> str:
     """The learner a strategy is tested with: the linear probe, unless it needs an output only another gives."""
-    return "dual_prompt" if predictor_output("clean_prob") in strategy.requires else "linear_probe"
+    wanted = [OUTPUT_PARTNER[n] for n in map(output_name, strategy.requires) if n]
+    return wanted[0] if wanted else "linear_probe"
 
 
 def _partner_predictor(data, learner: str):
-    """Zero-shot for the probe's partners; a dual-prompt model fitted on a quarter of the pool for its partners."""
+    """Zero-shot for the probe's partners; a dual-prompt model fitted on a quarter of the pool for its partners;
+    the black-box selectors fitted without labels."""
     if learner == "linear_probe":
         return ADAPTATIONS.create("zeroshot").fit(None, _zeroshot_ctx(data), None)
-    ledger = BudgetLedger()
-    ledger.query(np.arange(0, 120, 4), data.pool_labels[::4])
+    ledger = BudgetLedger()  # the selection below sees no labelled row, so the black-box selectors fit on none
+    if learner == "dual_prompt":
+        ledger.query(np.arange(0, 120, 4), data.pool_labels[::4])
     return _adapt(AdaptRequest((learner, _fast(learner)), 1, seed=2), data, ledger, None)[0].unpack()
 
 

@@ -58,4 +58,6 @@ class BAPS(AcquisitionStrategy):
         probs = np.asarray(ctx.outputs[PROMPTED_PROBS])[rows]
         scores = prediction_entropy(probs, ctx.task == "multilabel")
         return Selection(top_by_score(self.name, scores, rows, budget, rng,
-                                      "the baps selector diverged: lower its step size a"))
+                                      "either the baps selector diverged (lower its step size a) or it scored "
+                                      "another unlabelled set than this selection sees (pair the strategy with "
+                                      "`selector: {adaptation: baps}`, fitted on the same ledger)"))
