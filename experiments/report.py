@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:
         df = load_trials(args.tracking_uri, args.experiment, include_unfinished=args.include_unfinished,
-                         metrics=())
+                         metrics=("cost_blackbox_queries",))
     except ExperimentNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
     if df.empty:

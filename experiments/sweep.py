@@ -108,7 +108,7 @@ def _report(outcome, config, console) -> list[str]:
     from orchestrator.report import (comparison_tables, load_trials, log_report_to_mlflow, rich_table,
                                      write_report)
 
-    df = load_trials(outcome.tracking_uri, outcome.experiment, metrics=())
+    df = load_trials(outcome.tracking_uri, outcome.experiment, metrics=("cost_blackbox_queries",))
     if df.empty:
         console.print("[yellow]no finished trials to report[/yellow]")
         return []

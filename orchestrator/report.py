@@ -473,6 +473,30 @@ def _final_table(per_dataset: list[pd.DataFrame]) -> pd.DataFrame:
                        budgets=budgets, final_rounds=finals, datasets=datasets)
 
 
+QUERIES = "cost_blackbox_queries"
+
+
+def _queries_table(df: pd.DataFrame) -> pd.DataFrame | None:
+    """Methods x rounds: black-box queries spent by each round (running total), when any run queried one."""
+    if QUERIES not in df or not (df[QUERIES].fillna(0) > 0).any():
+        return None
+    frame = df.assign(value=df[QUERIES].fillna(0.0))
+    per_run = frame.groupby(["method", "round", "dataset"])["value"]
+    mean = per_run.mean().groupby(["method", "round"]).mean().unstack("round")
+    std = per_run.std(ddof=1).groupby(["method", "round"]).mean().unstack("round")
+    count = frame.groupby(["method", "round"])["value"].count().unstack("round")
+    spent = frame.groupby("round")["labels_spent"].mean()
+    rounds = list(mean.columns)
+    labels = [_round_label(r, spent.get(r, math.nan)) for r in rounds]
+    caption = ("Black-box queries: images each method asked the foundation model about by the end of each round "
+               "(running total, the method's cost in an API setting), mean over runs and datasets; "
+               "n = labels spent; fewest marked.")
+    table = _make_table(mean, std.fillna(0.0), count, labels, "black-box queries", caption, False,
+                        kind="queries", dataset=None, budget=None, metric=QUERIES, rounds=rounds)
+    table[:] = [[f"{m:,.0f}" for m in row] for row in mean.to_numpy()]  # counts, not percentages
+    return table
+
+
 def _last_round(table: pd.DataFrame) -> pd.DataFrame:
     """A one-column view of a dataset table at its last round, aligned as column "final"."""
     last = table.attrs["rounds"][-1]
@@ -508,6 +532,9 @@ def comparison_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     for budget in sorted({t.attrs["budget"] for t in per_dataset}):
         out[f"average__{budget}"] = _average_table(budget, [t for t in per_dataset if t.attrs["budget"] == budget])
     out["final_round"] = _final_table(per_dataset)
+    queries = _queries_table(df)
+    if queries is not None:
+        out["blackbox_queries"] = queries
     for t in per_dataset:
         out[f"dataset__{t.attrs['dataset']}__{t.attrs['budget']}"] = t
     note = model_roles_note(df)

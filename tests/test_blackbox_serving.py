@@ -82,3 +82,20 @@ def test_a_sweep_drives_valiant_through_ray_serve_and_the_server_counts_what_mlf
         [client.get_experiment_by_name("served").experiment_id], "tags.`alvlm.sweep` = 'served'")
     served = [r.data.metrics.get(f"served_queries/{DATASET}") for r in parent]
     assert logged in served
+
+
+def test_the_black_box_benchmark_prints_its_figures_side_by_side(served, capsys):
+    import torch
+
+    from benchmarks.blackbox import main
+
+    threads = torch.get_num_threads()
+    try:
+        result = main(["--pools", "120", "--steps", "1", "--serve-seconds", "0.5", "--port", str(PORT)])
+    finally:
+        torch.set_num_threads(threads)
+    row = result["pools"][0]
+    assert row["vipd_queries_once"] == 1 * 5 * 2 * 2 * 30  # one step, 5 draws, 120 rows in 4 batches of 30
+    assert row["baps_queries_per_round"] == 5 * 2 * 25 + 20  # 100 labelled rows in 4 batches of 25, + 20 scored
+    assert result["serving"]["served_queries_per_s"] > 0
+    assert "through Ray Serve" in capsys.readouterr().out

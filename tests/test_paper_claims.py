@@ -24,4 +24,15 @@ def test_claims_compare_seed_means_at_their_budget_and_round():
 def test_mined_labels_are_tabulated_per_round_and_every_paper_has_claims():
     rows = [("ours", "d", "b", s, r, 0.3, 10 * r, 10 * r + 5, 5.0, 0.4 + 0.1 * r) for s in range(2) for r in (0, 1)]
     assert mined_labels(_frame(rows)) == [{"method": "ours", "r0": "40.0 % of 5", "r1": "50.0 % of 5"}]
-    assert {"cec", "cbsq", "dualprompt", "biomedvr"} <= set(CLAIMS)
+    assert {"cec", "cbsq", "dualprompt", "biomedvr", "valiant"} <= set(CLAIMS)
+
+
+def test_queries_spent_are_the_last_rounds_seed_means_per_method():
+    from experiments.paper_claims import queries_spent
+
+    frame = pd.DataFrame([("valiant_single", "d", "b", s, r, 0.7, 10, 10, 640.0 if r else 640.0) for s in range(2)
+                          for r in (0, 5)] + [("random", "d", "b", s, 5, 0.6, 10, 10, float("nan")) for s in range(2)],
+                         columns=["method", "dataset", "budget", "seed", "round", "value", "labels_spent",
+                                  "labels_total", "cost_blackbox_queries"])
+    assert queries_spent(frame) == [{"method": "random", "queries": "0", "final": "60.0"},
+                                    {"method": "valiant_single", "queries": "640", "final": "70.0"}]

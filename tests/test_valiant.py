@@ -250,3 +250,37 @@ def test_valiant_runs_in_a_real_sweep_with_its_queries_per_round_in_mlflow(ray_c
     labels = {m.step: m.value for m in client.get_metric_history(by_method["valiant"].info.run_id, "labels_spent")}
     assert labels == {0: 0, 1: 10, 2: 20}
     assert {m.step for m in client.get_metric_history(by_method["valiant"].info.run_id, "auc")} == {0, 1, 2}
+    from orchestrator.report import comparison_tables, load_trials
+
+    table = comparison_tables(load_trials(config.tracking_uri, "valiant", metrics=("cost_blackbox_queries",)))
+    queries = table["blackbox_queries"].attrs["mean"]
+    assert queries.loc["valiant"].tolist() == [spent] * 3 and queries.loc["random"].tolist() == [0, 0, 0]
+    assert queries.loc["baps"].iloc[-1] == 120 + first + second
+
+
+def test_a_resumed_valiant_run_equals_an_uninterrupted_one(lesions):
+    from orchestrator.budget import PerRound
+    from orchestrator.contexts import TrialData
+    from orchestrator.loop import ActiveLearningRun, RoundState
+
+    clip, images, ctx = lesions["clip"], lesions["images"], lesions["ctx"]
+    feats = {s: clip.encode_images(images.pixels(s, np.arange(images.size(s)))).numpy() for s in ("pool", "test")}
+    labels = {s: np.asarray(images._source_and_transform(s)[0].labels)[: images.size(s)] for s in ("pool", "test")}
+    data = TrialData(feats["pool"], labels["pool"], feats["test"], labels["test"], ctx.text_features, "binary", 2,
+                     "auc", class_names=ctx.class_names, images=images, blackbox=lesions["spec"],
+                     prepared={"segmentation_codes": lesions["segmentation"]})
+
+    def run():
+        return ActiveLearningRun(("valiant", {}), ("linear_probe", {}), PerRound(count=5), 3, seed=1, data=data,
+                                 remote=False, selector=("vipd", FAST))
+
+    def strip(metrics):
+        return {k: v for k, v in metrics.items() if not k.startswith("seconds")}
+
+    rounds = list(run().rounds())
+    saved = RoundState.from_bytes(rounds[1][0].to_bytes())
+    resumed = list(run().rounds(resume=saved))
+    np.testing.assert_equal([strip(m) for _, m, _ in resumed], [strip(m) for _, m, _ in rounds[2:]])
+    assert [q for _, _, q in resumed] == [q for _, _, q in rounds[2:]]
+    spent = FAST["steps"] * FAST["draws"] * 2 * 2 * FAST["batch_size"]
+    assert {m["cost_blackbox_queries"] for _, m, _ in rounds} == {spent}  # trained once; the checkpoint keeps it
