@@ -34,6 +34,13 @@ def test_the_findings_member_draws_independent_labels_and_draws_what_it_labels()
     np.testing.assert_array_equal(pixels[:5], source.render(np.arange(5)))
 
 
+def test_pathologies_on_the_multilabel_member_are_refused():
+    from datasets.registry import open_split
+
+    with pytest.raises(ValueError, match="defined for single-label members"):
+        open_split(DATASET, "train", sizes={"train": 20}, pathologies={"label_noise": 0.1})
+
+
 def test_a_multilabel_card_without_negative_prompts_is_refused():
     from datasets.registry import get_card
 

@@ -29,6 +29,9 @@ class SyntheticSource(ImageSource):
         self._labels = self.spec.labels(split, np.arange(self.n), self.seed)
         self.pathologies = Pathologies(**(pathologies or {}))
         self.plan = None
+        if self.spec.multilabel and self.pathologies != Pathologies():
+            raise ValueError(f"{member}: pathologies (long tail, duplicates, outliers, label noise) are defined for "
+                             "single-label members; a multi-label pool has no class to skew or mislabel")
         if self.pathologies.applies_to(split):  # see datasets/synthetic/pathologies.py
             rng = np.random.default_rng([self.seed, stream_id(member, split, "pathologies")])
             self.plan = plan_pool(self._labels, len(self.spec.classes), self.pathologies, rng,
