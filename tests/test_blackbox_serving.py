@@ -69,15 +69,15 @@ def test_a_sweep_drives_valiant_through_ray_serve_and_the_server_counts_what_mlf
     fast = {"steps": 2, "batch_size": 8, "draws": 1}
     methods = [{"name": "valiant", "acquisition": "valiant", "adaptation": "linear_probe",
                 "selector": {"adaptation": "vipd", "adaptation_options": fast}}]
-    path = _config(tmp_path, session_cache, name="served", datasets=[DATASET], methods=methods, seeds=[0, 1],
+    path = _config(tmp_path, session_cache, name="served", datasets=[DATASET], methods=methods, seeds=[0],
                    rounds=1, dataset_options={DATASET: {"sizes": {"train": 80, "test": 40}}},
                    budgets={"b": {"kind": "per_round", "count": 5}}, blackbox={"serve": True, "port": PORT})
     config = load_config(path)
     outcome = run_sweep(config)
-    assert outcome.trials == 2 and not outcome.failed
+    assert outcome.trials == 1 and not outcome.failed
     client, runs, _ = _trial_runs(config.tracking_uri, "served")
     logged = sum(client.get_metric_history(r.info.run_id, "cost_blackbox_queries")[-1].value for r in runs)
-    assert logged == 2 * fast["steps"] * fast["draws"] * 2 * 2 * fast["batch_size"]
+    assert logged == fast["steps"] * fast["draws"] * 2 * 2 * fast["batch_size"]
     parent = MlflowClient(config.tracking_uri).search_runs(
         [client.get_experiment_by_name("served").experiment_id], "tags.`alvlm.sweep` = 'served'")
     served = [r.data.metrics.get(f"served_queries/{DATASET}") for r in parent]
@@ -99,3 +99,32 @@ def test_the_black_box_benchmark_prints_its_figures_side_by_side(served, capsys)
     assert row["baps_queries_per_round"] == 5 * 2 * 25 + 20  # 100 labelled rows in 4 batches of 25, + 20 scored
     assert result["serving"]["served_queries_per_s"] > 0
     assert "through Ray Serve" in capsys.readouterr().out
+
+
+def test_an_endpoint_down_fails_the_trial_clearly_and_the_rerun_finishes_it(served, tmp_path, session_cache):
+    from orchestrator.config import load_config
+    from orchestrator.serving import serve_blackboxes, stop_blackboxes
+    from orchestrator.sweep import run_sweep
+    from tests.test_sweep import _config, _trial_runs
+
+    url, spec = served
+    stop_blackboxes([DATASET])  # the route now answers 404: the black box is "down"
+    methods = [{"name": "valiant", "acquisition": "valiant", "adaptation": "linear_probe",
+                "selector": {"adaptation": "vipd", "adaptation_options": {"steps": 1, "batch_size": 8, "draws": 1}}}]
+    path = _config(tmp_path, session_cache, name="down", datasets=[DATASET], methods=methods, seeds=[0], rounds=1,
+                   dataset_options={DATASET: {"sizes": {"train": 60, "test": 30}}}, retries=0,
+                   budgets={"b": {"kind": "per_round", "count": 5}}, blackbox={"url": url})
+    config = load_config(path)
+    try:
+        first = run_sweep(config)
+    finally:
+        serve_blackboxes({DATASET: spec}, PORT)  # back up, for this test's rerun and the module's other tests
+    assert first.failed
+    client, runs, _ = _trial_runs(config.tracking_uri, "down")
+    assert "the trial fails now and its retry resumes" in runs[0].data.tags["alvlm.error"]
+    again = run_sweep(config)
+    assert not again.failed
+    client, runs, _ = _trial_runs(config.tracking_uri, "down")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 1
+    assert [m.step for m in client.get_metric_history(finished[0].info.run_id, "labels_spent")] == [0, 1]
