@@ -230,6 +230,17 @@ class BlackBox(ABC):
     def query(self, pixels) -> np.ndarray:
         """(n, C) output distributions for a batch of preprocessed images (n, 3, H, W)."""
 
+    def __getattr__(self, name: str):
+        # Only reached for names a handle does not have: features, gradients, weights, the model itself.
+        raise AttributeError(f"the black box answers query(images) -> (n, C) distributions and nothing else; "
+                             f"{name!r} (features, gradients, weights, the model) is not available through it")
+
+    @staticmethod
+    def check_images(shape) -> None:
+        """Refuse anything but a batch of images, (n, 3, H, W)."""
+        if len(shape) != 4 or shape[1] != 3:
+            raise ValueError(f"black box: expected images (n, 3, H, W), got shape {tuple(shape)}")
+
 
 @dataclass
 class AdaptContext:

@@ -63,19 +63,13 @@ class ClipBlackBox(BlackBox):
         self._spec = spec
         self.queries = 0
 
-    def __getattr__(self, name: str):
-        # Only reached for names the handle does not have: features, gradients, weights, the model itself.
-        raise AttributeError(f"the black box answers query(images) -> (n, C) distributions and nothing else; "
-                             f"{name!r} (features, gradients, weights, the model) is not available through it")
-
     def query(self, pixels) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 
         encoder, classifier = _zero_shot_head(self._spec)
         pixels = torch.as_tensor(pixels, dtype=torch.float32)
-        if pixels.ndim != 4 or pixels.shape[1] != 3:
-            raise ValueError(f"black box: expected images (n, 3, H, W), got shape {tuple(pixels.shape)}")
+        self.check_images(pixels.shape)
         self.queries += len(pixels)
         size = encoder.image_size
         if pixels.shape[-2:] != (size, size):
@@ -132,17 +126,12 @@ class ServedBlackBox(BlackBox):
         self._spec = spec
         self.queries = 0
 
-    def __getattr__(self, name: str):
-        raise AttributeError(f"the black box answers query(images) -> (n, C) distributions and nothing else; "
-                             f"{name!r} (features, gradients, weights, the model) is not available through it")
-
     def query(self, pixels) -> np.ndarray:
         import urllib.error
         import urllib.request
 
         batch = np.asarray(pixels, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise ValueError(f"black box: expected images (n, 3, H, W), got shape {batch.shape}")
+        self.check_images(batch.shape)
         request = urllib.request.Request(self._spec.endpoint, data=_npy(batch), method="POST",
                                          headers={"Content-Type": "application/octet-stream"})
         try:

@@ -30,7 +30,6 @@ head on the FM's pooled features.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -39,13 +38,12 @@ from pydantic import Field
 from ...base import (BLACKBOX, FEATURE_PREDICTOR_PROVIDES, IMAGES, PROMPTED_PROBS, TEXT_FEATURES, UNLABELLED,
                      AdaptContext, Learner, Predictor, TrainSet, predictor_output)
 from ...core.devices import pick_device
-from ...core.predictors import LinearPredictor
 from ...core.spsa import flat_parameters, load_flat
 from ...options import Int, Number
 from ...registry import register_adaptation
 from ..prompting.model import frozen_clip
 from .decoder import build_decoder, seeded_init
-from .training import SPSAOptions, row_batches, train_by_spsa, zero_shot_head
+from .training import DecoderPredictor, SPSAOptions, row_batches, train_by_spsa, zero_shot_head
 
 
 def prompted_loss(answers, labels) -> float:
@@ -56,29 +54,14 @@ def prompted_loss(answers, labels) -> float:
     return float(-np.log(answers[np.arange(len(labels)), labels]).mean())
 
 
-@dataclass
-class BAPSPredictor(LinearPredictor):
-    """The zero-shot head for class scores, the generator, and the prompted black box's answers on the pool."""
+class BAPSPredictor(DecoderPredictor):
+    """The zero-shot head, the generator, and the prompted black box's answers on the pool ((N, C), NaN: labelled)."""
 
-    decoder: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-    prompted: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (N, C), NaN: labelled
-    outputs = frozenset({PROMPTED_PROBS})
+    output = PROMPTED_PROBS
 
-    def predict_output(self, name: str, features: np.ndarray) -> np.ndarray:
-        if name != PROMPTED_PROBS:
-            return super().predict_output(name, features)
-        if len(features) != len(self.prompted):
-            raise ValueError(f"BAPS scored a pool of {len(self.prompted)} rows, asked about {len(features)}")
-        return self.prompted
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {**super().state(), "decoder": self.decoder, "prompted": self.prompted}
-
-    @classmethod
-    def from_state(cls, state):
-        return cls(np.asarray(state["weight"]), np.asarray(state["bias"]), float(state["temperature"]),
-                   np.asarray(state["decoder"]), np.asarray(state["prompted"]),
-                   multilabel=bool(state.get("multilabel", False)))
+    @property
+    def prompted(self) -> np.ndarray:
+        return self.pool_scores
 
 
 @register_adaptation("baps")
@@ -109,7 +92,7 @@ class BAPSSelector(Learner):
         if len(train_set.labels):
             self._train(decoder, train_set, ctx, encoder, generator, rng)
         prompted = self._score(decoder, ctx, encoder)
-        return BAPSPredictor(**zero_shot_head(ctx), decoder=flat_parameters(decoder), prompted=prompted)
+        return BAPSPredictor(**zero_shot_head(ctx), decoder=flat_parameters(decoder), pool_scores=prompted)
 
     def _prompted_answers(self, decoder, ctx: AdaptContext, encoder, x):
         import torch

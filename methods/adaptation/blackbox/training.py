@@ -1,15 +1,16 @@
-"""What the black-box learners share: SPSA-GC options, pool batches, and the zero-shot head they score classes with."""
+"""What the black-box learners share: SPSA-GC options, pool batches, their predictor and its zero-shot head."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
 
 from ...base import AdaptContext
-from ...core.predictors import DEFAULT_TEMPERATURE
+from ...core.predictors import DEFAULT_TEMPERATURE, LinearPredictor
 from ...core.spsa import SPSAGC, flat_parameters, load_flat
 from ...options import Int, Number, PluginOptions
 
@@ -34,6 +35,37 @@ class SPSAOptions(PluginOptions):
     def optimiser(self) -> SPSAGC:
         return SPSAGC(float(self.a), float(self.c), float(self.o), float(self.alpha), float(self.gamma),
                       float(self.beta), int(self.draws), self.schedule)
+
+
+@dataclass
+class DecoderPredictor(LinearPredictor):
+    """The zero-shot head for class scores, a trained prompt decoder (flat weights), and one score per pool row
+    that the decoder gave through the black box -- the predictor's one named output (``output``)."""
+
+    decoder: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    pool_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (N,) or (N, C)
+    output: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.outputs = frozenset({cls.output})
+
+    def predict_output(self, name: str, features: np.ndarray) -> np.ndarray:
+        if name != self.output:
+            return super().predict_output(name, features)
+        if len(features) != len(self.pool_scores):
+            raise ValueError(f"{type(self).__name__} scored a pool of {len(self.pool_scores)} rows, asked about "
+                             f"{len(features)}")
+        return self.pool_scores
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {**super().state(), "decoder": self.decoder, "pool_scores": self.pool_scores}
+
+    @classmethod
+    def from_state(cls, state):
+        return cls(np.asarray(state["weight"]), np.asarray(state["bias"]), float(state["temperature"]),
+                   np.asarray(state["decoder"]), np.asarray(state["pool_scores"]),
+                   multilabel=bool(state.get("multilabel", False)))
 
 
 def zero_shot_head(ctx: AdaptContext) -> dict:

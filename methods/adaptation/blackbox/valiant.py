@@ -42,8 +42,7 @@ Readings (the paper leaves these open; each is an option):
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -52,14 +51,13 @@ from pydantic import Field
 from ...base import (BLACKBOX, FEATURE_PREDICTOR_PROVIDES, IMAGES, INSTABILITY, TEXT_FEATURES, AdaptContext, Learner,
                      Predictor, TrainSet, predictor_output, prepared)
 from ...core.devices import pick_device
-from ...core.predictors import LinearPredictor
 from ...core.spsa import flat_parameters
 from ...options import Number
 from ...registry import register_adaptation
 from ...segmentation_codes import SEGMENTATION_CODES, encode_maps, segment_like
 from ..prompting.model import frozen_clip
 from .decoder import build_decoder, seeded_init
-from .training import SPSAOptions, row_batches, train_by_spsa, zero_shot_head
+from .training import DecoderPredictor, SPSAOptions, row_batches, train_by_spsa, zero_shot_head
 
 
 @dataclass
@@ -142,31 +140,14 @@ def instability(decoder, images, codes, encoder, segmentation: dict, sigma: floa
     return np.concatenate(out).astype(np.float32)
 
 
-@dataclass
-class VIPDPredictor(LinearPredictor):
-    """The zero-shot head for class scores, plus the trained decoder and the pool's prompt instability."""
+class VIPDPredictor(DecoderPredictor):
+    """The zero-shot head, the trained VIPD and the prompt instability of every pool row."""
 
-    decoder: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # flat weights
-    instability: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (N,)
-    settings: dict = field(default_factory=dict)
-    outputs = frozenset({INSTABILITY})
+    output = INSTABILITY
 
-    def predict_output(self, name: str, features: np.ndarray) -> np.ndarray:
-        if name != INSTABILITY:
-            return super().predict_output(name, features)
-        if len(features) != len(self.instability):
-            raise ValueError(f"the VIPD scored a pool of {len(self.instability)} rows, asked about {len(features)}")
-        return self.instability
-
-    def state(self) -> dict[str, np.ndarray]:
-        return {**super().state(), "decoder": self.decoder, "instability": self.instability,
-                "settings": np.asarray(json.dumps(self.settings))}
-
-    @classmethod
-    def from_state(cls, state):
-        return cls(np.asarray(state["weight"]), np.asarray(state["bias"]), float(state["temperature"]),
-                   np.asarray(state["decoder"]), np.asarray(state["instability"]), json.loads(str(state["settings"])),
-                   multilabel=bool(state.get("multilabel", False)))
+    @property
+    def instability(self) -> np.ndarray:
+        return self.pool_scores
 
 
 @register_adaptation("vipd")
@@ -196,8 +177,7 @@ class VIPDSelector(Learner):
     def fit(self, train_set: TrainSet, ctx: AdaptContext, rng: np.random.Generator) -> Predictor:
         head = zero_shot_head(ctx)
         if isinstance(ctx.previous, VIPDPredictor):  # trained once, without labels: later rounds reuse it
-            return VIPDPredictor(**head, decoder=ctx.previous.decoder, instability=ctx.previous.instability,
-                                 settings=ctx.previous.settings)
+            return VIPDPredictor(**head, decoder=ctx.previous.decoder, pool_scores=ctx.previous.pool_scores)
         import torch
 
         segmentation = ctx.prepared[SEGMENTATION_CODES]
@@ -207,10 +187,7 @@ class VIPDSelector(Learner):
         decoder = self._decoder(ctx, codes.shape[1], encoder.image_size, generator)
         self._train(decoder, ctx, codes, encoder, segmentation, generator, rng)
         scores = instability(decoder, ctx.images, codes, encoder, segmentation, float(self.sigma), generator)
-        settings = {"in_dim": int(np.asarray(ctx.text_features).shape[1] + codes.shape[1]),
-                    "image_size": encoder.image_size, "hidden": self.hidden, "channels": self.channels,
-                    "epsilon": float(self.epsilon)}
-        return VIPDPredictor(**head, decoder=flat_parameters(decoder), instability=scores, settings=settings)
+        return VIPDPredictor(**head, decoder=flat_parameters(decoder), pool_scores=scores)
 
     def _decoder(self, ctx: AdaptContext, code_dim: int, image_size: int, generator):
         feature_dim = int(np.asarray(ctx.text_features).shape[1])
