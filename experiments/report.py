@@ -24,11 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tracking-uri", required=True, help="MLflow tracking URI, e.g. sqlite:///runs/mlflow.db")
     ap.add_argument("--experiment", required=True, help="MLflow experiment (= sweep name)")
-    ap.add_argument("--format", action="append", choices=["md", "csv", "latex"], dest="formats",
-                    help="output format (repeatable; default: all three)")
+    ap.add_argument("--format", action="append", choices=["md", "csv", "latex", "html"], dest="formats",
+                    help="output format (repeatable; default: md, csv, latex and html)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<experiment>)")
     ap.add_argument("--include-unfinished", action="store_true",
                     help="also use the completed rounds of FAILED / RUNNING trial runs")
+    ap.add_argument("--baseline", metavar="METHOD", default=None,
+                    help="method the label-efficiency tables test every other against (paired Wilcoxon / t over "
+                         "seeds and datasets, labels to reach its final score, labels saved)")
     ap.add_argument("--log-to-parent", metavar="RUN_ID", default=None,
                     help="log the files as artifacts of this sweep parent run under report/")
     return ap
@@ -64,14 +67,17 @@ def main(argv: list[str] | None = None) -> dict:
     if df.empty:
         raise SystemExit("error: " + _no_runs_message(args.experiment, df.attrs.get("status_counts", {}),
                                                       args.include_unfinished))
-    formats = tuple(dict.fromkeys(args.formats or ["md", "csv", "latex"]))
+    formats = tuple(dict.fromkeys(args.formats or ["md", "csv", "latex", "html"]))
     out = args.out or Path("reports") / re.sub(r"[^A-Za-z0-9._-]+", "_", args.experiment).strip("_")
-    tables = comparison_tables(df)
+    try:
+        tables = comparison_tables(df, baseline=args.baseline)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     paths = write_report(df, out, formats=formats, tables=tables)
 
     console = _console()
     for name, table in tables.items():
-        if table.attrs["kind"] in ("average", "final"):
+        if table.attrs["kind"] in ("average", "final", "efficiency"):
             console.print(rich_table(table))
             console.print()
     print(f"wrote {len(paths)} files to {out}:")

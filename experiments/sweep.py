@@ -116,7 +116,8 @@ def _report(outcome, config, console) -> list[str]:
     for key, table in tables.items():
         if key.startswith("average") or key == "final_round":
             console.print(rich_table(table))
-    paths = write_report(df, config.workdir_path / "report", tables=tables)
+    paths = write_report(df, config.workdir_path / "report", formats=("md", "csv", "latex", "html"), tables=tables,
+                         config=config.model_dump(mode="json"))
     log_report_to_mlflow(outcome.tracking_uri, outcome.parent_run_id, paths)
     console.print(f"report: {len(paths)} files in {config.workdir_path / 'report'}")
     return [str(p) for p in paths]

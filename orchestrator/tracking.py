@@ -58,6 +58,23 @@ def model_roles(method: dict) -> dict[str, str]:
     return roles
 
 
+def trial_runs(client, experiment_id: str, page_size: int = 1000) -> list:
+    """Every active trial run of an experiment, oldest first, following MLflow's pagination.
+
+    The one search of the schema, shared by the writer (finding runs to resume) and the report (reading
+    them). ``mlflow.search_runs`` would do the paging too, but it reads the process-global tracking URI,
+    and a library should not set that behind its caller's back.
+    """
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE}` = 'trial'",
+                                  max_results=page_size, order_by=["attributes.start_time ASC"], page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """Keep a SQLite store's artifacts beside its database (MLflow would use ./mlruns of the CWD)."""
     if tracking_uri.startswith("sqlite:///"):
@@ -80,7 +97,7 @@ class TrialTracker:
         self._runs: dict[str, str] = {}
         self._last_round: dict[str, int] = {}
         self._status: dict[str, str] = {}
-        for run in self.client.search_runs([self.experiment_id], f"tags.`{ROLE}` = 'trial'", max_results=50000):
+        for run in trial_runs(self.client, self.experiment_id):
             h = run.data.tags.get(HASH)
             if h and h not in self._runs:
                 self._runs[h] = run.info.run_id

@@ -237,7 +237,7 @@ def test_unknown_experiment_lists_existing(store):
 def test_table_keys_and_shape(tables):
     assert list(tables)[:3] == ["average__per_class_1", "average__per_class_2", "final_round"]
     assert set(tables) == {"average__per_class_1", "average__per_class_2", "final_round"} | {
-        f"dataset__{d}__{b}" for d in DATASETS for b in BUDGETS}
+        f"dataset__{d}__{b}" for d in DATASETS for b in BUDGETS} | {f"efficiency__{b}" for b in BUDGETS}
     t = tables["dataset__dsA__per_class_2"]
     assert list(t.index) == METHODS
     assert list(t.columns) == ["r0 (n=0)", "r1 (n=20)", "r2 (n=40)", "r3 (n=60)"]
@@ -368,6 +368,78 @@ def test_rich_table(tables):
     assert "margin+zeroshot" in text and t.loc["margin+zeroshot", t.columns[-1]] in text
 
 
+def test_efficiency_table_matches_a_direct_computation(df):
+    """AULC by np.trapezoid over labels spent; saved labels and the paired tests against random."""
+    from scipy import stats
+
+    t = report.comparison_tables(df, baseline="random+linear_probe")["efficiency__per_class_2"]
+    numbers = t.attrs["numbers"]
+    for method in METHODS:
+        per_dataset = []
+        for ds in DATASETS:
+            x = np.array([spent(ds, "per_class_2", r) for r in ROUNDS], dtype=float)
+            runs = [np.trapezoid([100 * score(ds, method, "per_class_2", s, r) for r in ROUNDS], x) / x[-1]
+                    for s in SEEDS]
+            per_dataset.append(np.mean(runs))
+        assert numbers.at[method, "aulc"] == pytest.approx(np.mean(per_dataset))
+    finals = lambda m: [100 * score(ds, m, "per_class_2", s, 3) for ds in DATASETS for s in SEEDS]  # noqa: E731
+    a, b = finals("entropy+linear_probe"), finals("random+linear_probe")
+    assert numbers.at["entropy+linear_probe", "pairs"] == 6
+    assert numbers.at["entropy+linear_probe", "p_wilcoxon"] == pytest.approx(stats.wilcoxon(a, b).pvalue)
+    assert numbers.at["entropy+linear_probe", "p_t"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert numbers.at["random+linear_probe", "saved"] == pytest.approx(0.0)
+    assert 0 < numbers.at["entropy+linear_probe", "saved"] < 1
+    assert t.loc["random+linear_probe", "p (Wilcoxon)"] == "1.000"
+
+
+def test_html_page_holds_the_tables_numbers(df, tmp_path):
+    """Parse the page (stdlib HTMLParser) and compare a summary table's cells with the tables' own numbers."""
+    from html.parser import HTMLParser
+
+    class Cells(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self.best, self.images, self._row, self._cell = [], [], 0, None, None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self._row = []
+            elif tag == "td":
+                self._cell = ""
+                if ("class", "best") in attrs:
+                    self.best.append(len(self.rows))
+            elif tag == "img" and dict(attrs).get("src", "").startswith("data:image/png;base64,"):
+                self.images += 1
+
+        def handle_data(self, data):
+            if self._cell is not None:
+                self._cell += data
+
+        def handle_endtag(self, tag):
+            if tag == "td" and self._row is not None:
+                self._row.append(self._cell)
+                self._cell = None
+            elif tag == "tr" and self._row:
+                self.rows.append(self._row)
+                self._row = None
+
+    tables = report.comparison_tables(df, baseline="random+linear_probe")
+    paths = report.write_report(df, tmp_path / "h", formats=("html",), tables=tables, config={"name": "x"})
+    page = next(p for p in paths if p.suffix == ".html")
+    parser = Cells()
+    parser.feed(page.read_text())
+    assert parser.images == len(DATASETS)
+    average = tables["average__per_class_1"]
+    first = next(r for r in parser.rows if r[0] == average.index[0])  # the average table comes first
+    assert first[1:] == list(average.iloc[0])
+    assert parser.best
+
+
+def test_an_unknown_baseline_lists_the_methods(df):
+    with pytest.raises(ValueError, match="random\\+linear_probe"):
+        report.comparison_tables(df, baseline="randm")
+
+
 def test_learning_curve_figure(df):
     fig = report.plot_learning_curves(df, "dsB")
     axes = fig.get_axes()
@@ -387,7 +459,7 @@ def test_write_report_and_log_to_parent(df, store, tmp_path):
 
     uri, parent, _ = store
     paths = report.write_report(df, tmp_path / "out")
-    assert len(paths) == 7 * 3 + 2
+    assert len(paths) == 9 * 3 + 2
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
     pngs = sorted(p.name for p in paths if p.suffix == ".png")
     assert pngs == ["curves__dsA.png", "curves__dsB.png"]
@@ -428,12 +500,14 @@ def test_cli_prints_tables_and_paths(store, tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result = _cli().main(["--tracking-uri", uri, "--experiment", EXPERIMENT, "--out", str(tmp_path / "r"),
-                              "--format", "md", "--format", "latex", "--log-to-parent", parent])
+                              "--format", "md", "--format", "latex", "--log-to-parent", parent,
+                              "--baseline", "random+linear_probe"])
     out = capsys.readouterr().out
+    assert "label efficiency — per_class_1" in out and "p (Wilcoxon)" in out
     assert not any(line.lstrip().startswith("{") for line in out.splitlines())  # no JSON line
     assert "average over datasets — per_class_1" in out and "final round" in out
     assert "dsA — per_class_1" not in out  # per-dataset tables go to files only
-    assert result["runs"] == 36 and len(result["paths"]) == 7 * 2 + 2
+    assert result["runs"] == 36 and len(result["paths"]) == 9 * 2 + 2
     for p in result["paths"]:
         assert p in out and Path(p).exists()
     assert not any(p.endswith(".csv") for p in result["paths"])

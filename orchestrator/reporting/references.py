@@ -1,0 +1,165 @@
+"""The papers' published numbers, as data, and their placement beside the measured rows.
+
+One YAML file per paper under ``experiments/references/`` (the sweep passes the folder in)::
+
+    paper: cec
+    title: Safaei & Patel, Active Learning for Vision-Language Models
+    text: cec-active-learning-for-vlms.txt       # the paper's text under shared/papers/
+    configs: [cec, cec_vpt_maple]                # the paper configs whose names the rows use
+    extra: {backbones: [RN50:openai]}            # names a row may use beyond the configs' (say why in a comment)
+    columns: [source, dataset, backbone, budget, round, method, value, std, p_value]
+    rows:
+      - [Table 1, dtd, ViT-B-16:openai, pool_1pct, 1, cec+coop, 53.21, 0.5, null]
+
+Every row speaks the sweep's language (card names, method names, budget names, round index) so that
+matching a measured row is an equality test on (dataset, backbone, budget, round, method); ``value`` and
+``std`` are in the paper's display units (percent), ``p_value`` only where the paper prints one. A row whose
+dataset is ``average`` is the paper's mean over its datasets and matches the sweep's averaged table.
+
+Why data and not code: a test checks that every number in a file occurs in the paper's text, and a file
+that names a dataset, method or budget its configs do not know is refused with the known names, so a
+typo cannot silently leave a reference row unmatched.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+__all__ = ["ReferenceError", "ReferenceTable", "load_reference", "available_papers", "match_references",
+           "numbers_missing_from_text", "validate_reference", "COLUMNS", "AVERAGE"]
+
+COLUMNS = ["source", "dataset", "backbone", "budget", "round", "method", "value", "std", "p_value"]
+REQUIRED = COLUMNS[:7]
+KEYS = ["dataset", "backbone", "budget", "round", "method"]
+AVERAGE = "average"
+
+
+class ReferenceError(ValueError):
+    """A reference file that cannot be used as it is; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class ReferenceTable:
+    """One paper's reference rows (a DataFrame with :data:`COLUMNS`) and where they come from."""
+
+    paper: str
+    title: str
+    text: str
+    configs: tuple[str, ...]
+    rows: pd.DataFrame
+    path: Path
+    extra: dict
+
+
+def available_papers(folder: Path) -> list[str]:
+    return sorted(p.stem for p in Path(folder).glob("*.yaml"))
+
+
+def load_reference(folder: Path, paper: str) -> ReferenceTable:
+    """Read ``<folder>/<paper>.yaml``; an unknown paper names the known ones."""
+    path = Path(folder) / f"{paper}.yaml"
+    if not path.is_file():
+        known = ", ".join(available_papers(folder)) or "(none)"
+        raise ReferenceError(f"no reference file for paper {paper!r} in {folder}; known papers: {known}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    missing = [k for k in ("paper", "text", "configs", "columns", "rows") if k not in raw]
+    if missing:
+        raise ReferenceError(f"{path}: missing keys {missing}")
+    columns = list(raw["columns"])
+    if columns[:len(REQUIRED)] != REQUIRED or not set(columns) <= set(COLUMNS):
+        raise ReferenceError(f"{path}: columns must start with {REQUIRED} and may add {COLUMNS[7:]}; got {columns}")
+    records = []
+    for i, row in enumerate(raw["rows"] or []):
+        if not isinstance(row, list) or not len(REQUIRED) <= len(row) <= len(columns):
+            raise ReferenceError(f"{path}: row {i + 1} {row!r} needs {len(REQUIRED)} to {len(columns)} values "
+                                 f"({', '.join(columns)})")
+        records.append(dict(zip(columns, row)))
+    rows = pd.DataFrame(records, columns=COLUMNS)
+    rows["round"] = rows["round"].astype(int)
+    for col in ("value", "std", "p_value"):
+        rows[col] = pd.to_numeric(rows[col], errors="raise").astype(float)
+    rows[["dataset", "backbone", "budget", "method", "source"]] = rows[
+        ["dataset", "backbone", "budget", "method", "source"]].astype(str)
+    return ReferenceTable(paper=str(raw["paper"]), title=str(raw.get("title", raw["paper"])), text=str(raw["text"]),
+                          configs=tuple(raw["configs"]), rows=rows, path=path,
+                          extra={k: list(v) for k, v in (raw.get("extra") or {}).items()})
+
+
+EXTRA_KINDS = ("backbones", "budgets", "methods")
+
+
+def validate_reference(ref: ReferenceTable, configs: list, cards: set[str]) -> list[str]:
+    """Names nothing knows, each with the known ones (empty = usable).
+
+    ``configs`` are the loaded :class:`~orchestrator.config.SweepConfig` of ``ref.configs`` and ``cards`` the
+    dataset names the registry knows. A row's method, budget and backbone must be one its configs run or one
+    the file's ``extra:`` declares (a paper's table on a backbone or budget the configs leave to ``--set``);
+    its dataset must be a card (or ``average``).
+    """
+    bad_kinds = sorted(set(ref.extra) - set(EXTRA_KINDS))
+    if bad_kinds:
+        return [f"{ref.path.name}: extra: {bad_kinds} unknown; it may list {list(EXTRA_KINDS)}"]
+    known = {
+        "dataset": set(cards) | {AVERAGE},
+        "budget": {b for c in configs for b in c.budgets} | set(ref.extra.get("budgets", ())),
+        "method": {m.name for c in configs for m in c.methods} | set(ref.extra.get("methods", ())),
+        "backbone": {c.encoder for c in configs} | set(ref.extra.get("backbones", ())),
+    }
+    errors = []
+    for column, names in known.items():
+        unknown = sorted(set(ref.rows[column]) - names)
+        if unknown:
+            errors.append(f"{ref.path.name}: unknown {column} {unknown}; known: {sorted(names)} (the configs "
+                          f"{list(ref.configs)}, the cards, and the file's extra:)")
+    if (ref.rows["round"] < 0).any():
+        errors.append(f"{ref.path.name}: negative rounds")
+    dupes = ref.rows[ref.rows.duplicated(KEYS, keep=False)]
+    if len(dupes):
+        errors.append(f"{ref.path.name}: {len(dupes)} rows share (dataset, backbone, budget, round, method), e.g. "
+                      f"{dupes.iloc[0][KEYS].tolist()}; keep one per key")
+    return errors
+
+
+_NUMBER = re.compile(r"(?<![\d.])\d+(?:\.\d+)?(?![\d])")
+
+
+def _spellings(value: float) -> set[str]:
+    """How a paper may print a number: as typed (2 decimals at most), and without trailing zeros."""
+    out = set()
+    for decimals in range(0, 5):
+        text = f"{value:.{decimals}f}"
+        if math.isclose(float(text), value, abs_tol=1e-9):
+            out |= {text, text.rstrip("0").rstrip(".") if "." in text else text}
+    return out
+
+
+def numbers_missing_from_text(ref: ReferenceTable, text: str) -> list[tuple[str, float]]:
+    """(column, number) pairs of the file that never occur in the paper's text (a typing error)."""
+    printed = set(_NUMBER.findall(text.replace("−", "-")))
+    missing = []
+    for col in ("value", "std", "p_value"):
+        for value in ref.rows[col].dropna().unique():
+            if not (_spellings(float(value)) & printed):
+                missing.append((col, float(value)))
+    return missing
+
+
+def match_references(measured: pd.DataFrame, ref: ReferenceTable) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(matched, unmatched): reference rows beside measured seed means, and the rows nothing matched.
+
+    ``measured`` has one row per (dataset, backbone, budget, round, method) with ``mean``/``std`` in display
+    units and ``n_seeds`` (see :func:`orchestrator.reporting.stats.measured_cells`); dataset ``average`` rows
+    are the over-datasets means. ``difference`` is measured minus reported.
+    """
+    merged = ref.rows.merge(measured, on=KEYS, how="left", suffixes=("", "_measured"))
+    hit = merged["mean"].notna()
+    matched = merged[hit].rename(columns={"value": "reported", "std": "reported_std", "mean": "measured",
+                                          "std_measured": "measured_std"})
+    matched = matched.assign(difference=matched["measured"] - matched["reported"])
+    return matched.reset_index(drop=True), ref.rows[~hit.to_numpy()].reset_index(drop=True)
