@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--baseline", metavar="METHOD", default=None,
                     help="method the label-efficiency tables test every other against (paired Wilcoxon / t over "
                          "seeds and datasets, labels to reach its final score, labels saved)")
+    ap.add_argument("--paper", default=None,
+                    help="put this paper's published numbers (experiments/references/<paper>.yaml) beside the "
+                         "measured rows, with the difference; unmatched reference rows are counted and listed")
     ap.add_argument("--log-to-parent", metavar="RUN_ID", default=None,
                     help="log the files as artifacts of this sweep parent run under report/")
     return ap
@@ -44,6 +47,19 @@ def _no_runs_message(experiment: str, status_counts: dict, include_unfinished: b
     seen = ", ".join(f"{n} {s}" for s, n in sorted(status_counts.items()))
     hint = "" if include_unfinished else "; rerun with --include-unfinished to use their completed rounds"
     return f"experiment {experiment!r} has no finished trial runs with logged rounds ({seen}){hint}"
+
+
+def _with_reference(tables: dict, df, paper: str):
+    """The tables plus ``reference__<paper>`` (matched rows) and the unmatched reference rows."""
+    from orchestrator.reporting.references import (ReferenceError, load_reference, match_references,
+                                                   measured_cells, reference_table)
+
+    try:
+        ref = load_reference(ROOT / "experiments" / "references", paper)
+    except ReferenceError as err:
+        raise SystemExit(f"error: {err}") from None
+    matched, unmatched = match_references(measured_cells(tables, df), ref)
+    return {**tables, f"reference__{paper}": reference_table(ref, matched, unmatched)}, unmatched
 
 
 def _console():
@@ -73,13 +89,19 @@ def main(argv: list[str] | None = None) -> dict:
         tables = comparison_tables(df, baseline=args.baseline)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    unmatched = None
+    if args.paper:
+        tables, unmatched = _with_reference(tables, df, args.paper)
     paths = write_report(df, out, formats=formats, tables=tables)
 
     console = _console()
     for name, table in tables.items():
-        if table.attrs["kind"] in ("average", "final", "efficiency"):
+        if table.attrs["kind"] in ("average", "final", "efficiency", "reference"):
             console.print(rich_table(table))
             console.print()
+    if unmatched is not None:
+        print(f"{len(unmatched)} rows of the paper's reference file match nothing in this sweep, e.g.:")
+        print(unmatched.head(5).to_string(index=False))
     print(f"wrote {len(paths)} files to {out}:")
     for path in paths:
         print(path)

@@ -435,6 +435,35 @@ def test_html_page_holds_the_tables_numbers(df, tmp_path):
     assert parser.best
 
 
+def test_reference_rows_sit_beside_the_measured_ones(df, tmp_path):
+    from orchestrator.reporting.references import (load_reference, match_references, measured_cells,
+                                                   reference_table)
+
+    (tmp_path / "toy.yaml").write_text(
+        "paper: toy\ntext: toy.txt\nconfigs: []\n"
+        "columns: [source, dataset, backbone, budget, round, method, value, std, p_value]\nrows:\n"
+        "  - [Table 1, dsA, tiny-clip, per_class_1, 2, entropy+linear_probe, 61.5, 0.4]\n"
+        "  - [Table 1, average, tiny-clip, per_class_1, 3, margin+zeroshot, 70.0]\n"
+        "  - [Table 1, dsA, ViT-B-16:openai, per_class_1, 2, entropy+linear_probe, 61.5]\n")
+    ref = load_reference(tmp_path, "toy")
+    tables = report.comparison_tables(df)
+    matched, unmatched = match_references(measured_cells(tables, df), ref)
+    assert len(matched) == 2 and unmatched["backbone"].tolist() == ["ViT-B-16:openai"]
+    row = matched.set_index("dataset").loc["dsA"]
+    assert row["difference"] == pytest.approx(expected("dsA", "entropy+linear_probe", "per_class_1", 2)[0] - 61.5)
+    average = tables["average__per_class_1"].attrs["mean"].loc["margin+zeroshot"].iloc[3]
+    assert matched.set_index("dataset").loc["average", "measured"] == pytest.approx(average)
+    table = reference_table(ref, matched, unmatched)
+    assert "1 of the paper's rows have no measured twin" in table.attrs["caption"]
+    assert "61.5 ± 0.4" in report.to_markdown(table)
+
+
+def test_cli_unknown_paper_lists_the_known_ones(store, tmp_path):
+    uri, _, _ = store
+    with pytest.raises(SystemExit, match="known papers: biomedvr, cbsq, cec, dualprompt, valiant"):
+        _cli().main(["--tracking-uri", uri, "--experiment", EXPERIMENT, "--out", str(tmp_path), "--paper", "cecc"])
+
+
 def test_an_unknown_baseline_lists_the_methods(df):
     with pytest.raises(ValueError, match="random\\+linear_probe"):
         report.comparison_tables(df, baseline="randm")

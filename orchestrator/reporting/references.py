@@ -163,3 +163,51 @@ def match_references(measured: pd.DataFrame, ref: ReferenceTable) -> tuple[pd.Da
                                           "std_measured": "measured_std"})
     matched = matched.assign(difference=matched["measured"] - matched["reported"])
     return matched.reset_index(drop=True), ref.rows[~hit.to_numpy()].reset_index(drop=True)
+
+
+def measured_cells(tables: dict[str, pd.DataFrame], df: pd.DataFrame) -> pd.DataFrame:
+    """Seed means of every (dataset or ``average``, backbone, budget, round, method) cell of the comparison
+    tables, in display units: what :func:`match_references` puts beside the papers' numbers."""
+    encoders = df.groupby("dataset")["encoder"].first().to_dict()
+    rows = []
+    for table in tables.values():
+        kind = table.attrs.get("kind")
+        if kind not in ("dataset", "average"):
+            continue
+        dataset = table.attrs["dataset"] if kind == "dataset" else AVERAGE
+        sweep_encoders = {encoders.get(d) for d in (table.attrs.get("datasets") or [dataset])}
+        backbone = encoders.get(dataset) if kind == "dataset" else (
+            sweep_encoders.pop() if len(sweep_encoders) == 1 else None)
+        mean, std, n = table.attrs["mean"], table.attrs["std"], table.attrs["n_seeds"]
+        for j, rnd in enumerate(table.attrs["rounds"]):
+            for method in mean.index:
+                rows.append({"dataset": dataset, "backbone": backbone, "budget": table.attrs["budget"],
+                             "round": int(rnd), "method": method, "mean": mean.iat[mean.index.get_loc(method), j],
+                             "std": std.iat[std.index.get_loc(method), j], "n_seeds": n.iat[n.index.get_loc(method), j]})
+    cells = pd.DataFrame(rows, columns=KEYS + ["mean", "std", "n_seeds"])
+    return cells.dropna(subset=["mean"])
+
+
+def reference_table(ref: ReferenceTable, matched: pd.DataFrame, unmatched: pd.DataFrame) -> pd.DataFrame:
+    """Display rows "method · dataset · budget · round": the paper's number, the measured mean, the difference;
+    the caption counts the paper's rows nothing in the sweep matched (listed in ``attrs["unmatched"]``)."""
+    index = [f"{r.method} · {r.dataset} · {r.budget} · r{r.round}" for r in matched.itertuples()]
+    fmt = lambda v: "—" if pd.isna(v) else f"{v:.1f}"  # noqa: E731
+    display = pd.DataFrame({
+        "source": matched["source"].to_list(),
+        "paper": [fmt(v) + ("" if pd.isna(s) else f" ± {s:.1f}") for v, s in zip(matched["reported"],
+                                                                                  matched["reported_std"])],
+        "measured": [fmt(v) + ("" if pd.isna(s) else f" ± {s:.1f}") for v, s in zip(matched["measured"],
+                                                                                     matched["measured_std"])],
+        "Δ (measured − paper)": [f"{d:+.1f}" for d in matched["difference"]],
+        "p (paper)": ["—" if pd.isna(p) else f"{p:g}" for p in matched["p_value"]],
+    }, index=pd.Index(index, name="method"))
+    numbers = matched[["reported", "measured", "difference"]].set_axis(index)
+    caption = (f"{ref.title}: the paper's numbers ({ref.path.name}) beside this sweep's seed means, matched on "
+               f"dataset, backbone, budget, round and method; {len(matched)} matched, {len(unmatched)} of the "
+               f"paper's rows have no measured twin in this sweep (other datasets, backbones or methods).")
+    numeric = numbers.reindex(columns=display.columns)
+    display.attrs.update(title=f"paper reference — {ref.paper}", caption=caption, kind="reference",
+                         mean=numeric, std=numeric * float("nan"), n_seeds=numeric * 0, best=None,
+                         numbers=numbers, unmatched=unmatched, dataset=None, budget=None)
+    return display
