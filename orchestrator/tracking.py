@@ -17,6 +17,7 @@ from pathlib import Path
 from ray.tune import Callback
 
 ROLE, HASH, ERROR = "alvlm.role", "alvlm.config_hash", "alvlm.error"
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -94,6 +95,9 @@ class TrialTracker:
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
             experiment, artifact_location=artifact_location(tracking_uri, experiment))
+        if exp is None or exp.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+            # MLflow 3 opens an untagged experiment on its GenAI traces page; this tag opens the runs table.
+            self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         self._runs: dict[str, str] = {}
         self._last_round: dict[str, int] = {}
         self._status: dict[str, str] = {}
@@ -123,7 +127,8 @@ class TrialTracker:
                 self.client.update_run(self._runs[h], status="RUNNING")
                 self._status[h] = "RUNNING"
             return self._runs[h]
-        tags = {ROLE: "trial", HASH: h}
+        tags = {ROLE: "trial", HASH: h, "method": trial["method"]["name"], "dataset": trial["dataset"],
+                "budget": trial["budget_name"], "seed": str(trial["seed"])}  # columns a person filters on
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         name = f"{trial['method']['name']} | {trial['dataset']} | {trial['budget_name']} | seed {trial['seed']}"

@@ -47,3 +47,15 @@ def test_paired_test_matches_scipy_and_refuses_too_few_pairs():
     few = paired_test(a.iloc[:2], b.iloc[:2])
     assert few["pairs"] == 2 and math.isnan(few["p_wilcoxon"]) and "no test" in few["note"]
     assert paired_test(a, a)["p_wilcoxon"] == 1.0
+
+
+def test_the_sweeps_experiment_opens_on_the_runs_table(tmp_path):
+    """MLflow 3 shows an untagged experiment as GenAI traces; the tracker tags it for model training."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import EXPERIMENT_KIND, MODEL_TRAINING, TrialTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    TrialTracker(uri, "kind-test")
+    exp = MlflowClient(uri).get_experiment_by_name("kind-test")
+    assert exp.tags[EXPERIMENT_KIND] == MODEL_TRAINING
