@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+REFERENCES = ROOT / "experiments" / "references"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--paper", default=None,
                     help="put this paper's published numbers (experiments/references/<paper>.yaml) beside the "
                          "measured rows, with the difference; unmatched reference rows are counted and listed")
+    ap.add_argument("--curves", action="append", choices=["labels", "round", "queries"], default=None,
+                    help="draw the learning curves against this (repeatable; default: labels spent, plus black-box "
+                         "queries when a run counted them)")
     ap.add_argument("--log-to-parent", metavar="RUN_ID", default=None,
                     help="log the files as artifacts of this sweep parent run under report/")
     return ap
@@ -49,17 +53,16 @@ def _no_runs_message(experiment: str, status_counts: dict, include_unfinished: b
     return f"experiment {experiment!r} has no finished trial runs with logged rounds ({seen}){hint}"
 
 
-def _with_reference(tables: dict, df, paper: str):
-    """The tables plus ``reference__<paper>`` (matched rows) and the unmatched reference rows."""
-    from orchestrator.reporting.references import (ReferenceError, load_reference, match_references,
-                                                   measured_cells, reference_table)
+def with_reference(tables: dict, df, paper: str):
+    """The tables with ``paper``'s rows under the measured ones, plus ``reference__<paper>``, and the reference
+    rows nothing matched; an unknown paper exits with the known ones."""
+    from orchestrator.reporting.interleave import add_reference
+    from orchestrator.reporting.references import ReferenceError
 
     try:
-        ref = load_reference(ROOT / "experiments" / "references", paper)
+        return add_reference(tables, df, REFERENCES, paper)
     except ReferenceError as err:
         raise SystemExit(f"error: {err}") from None
-    matched, unmatched = match_references(measured_cells(tables, df), ref)
-    return {**tables, f"reference__{paper}": reference_table(ref, matched, unmatched)}, unmatched
 
 
 def _console():
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     try:
         df = load_trials(args.tracking_uri, args.experiment, include_unfinished=args.include_unfinished,
-                         metrics=("cost_blackbox_queries",))
+                         metrics=("cost_blackbox_queries",))  # for the queries column and curves
     except ExperimentNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
     if df.empty:
@@ -91,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: {err}") from None
     unmatched = None
     if args.paper:
-        tables, unmatched = _with_reference(tables, df, args.paper)
-    paths = write_report(df, out, formats=formats, tables=tables)
+        tables, unmatched = with_reference(tables, df, args.paper)
+    paths = write_report(df, out, formats=formats, tables=tables, curves=args.curves or ("labels",))
 
     console = _console()
     for name, table in tables.items():

@@ -14,7 +14,8 @@ the config itself cannot run (as a real run does for config errors).
 
 Re-running the same command resumes: finished trials are skipped, interrupted
 ones continue from their last finished round, and MLflow gets no duplicates.
-When it finishes it prints the comparison table and how to open MLflow.
+When it finishes it prints the comparison tables (with the config's `report:` baseline and paper rows), the
+papers' claims the config names (`report: {claims: [...]}`), and how to open MLflow.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     from orchestrator.config import ConfigError, load_config
 
     console = Console(stderr=True)
+    if not console.is_terminal:  # a log file or a pipe: do not squeeze the tables to 80 columns
+        console = Console(stderr=True, width=200)
     overrides = list(args.overrides)
     for key, value in (("name", args.name), ("address", args.address), ("tracking.uri", args.tracking_uri),
                        ("workdir", args.workdir)):
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(2) from None
     if args.dry_run:
         return _dry_run(config, console)
+    _check_report_section(config, console)
 
     from orchestrator.budget import BudgetError
     from orchestrator.sweep import run_sweep
@@ -104,23 +108,62 @@ def _dry_run(config, console) -> dict:
     return summary
 
 
-def _report(outcome, config, console) -> list[str]:
-    from orchestrator.report import (comparison_tables, load_trials, log_report_to_mlflow, rich_table,
-                                     write_report)
+def _check_report_section(config, console) -> None:
+    """An unknown paper in `report:` fails now, not after an hour of trials (exit 2, as config errors do)."""
+    from experiments.claims import CLAIMS
+    from experiments.report import REFERENCES
+    from orchestrator.reporting.references import available_papers
 
-    df = load_trials(outcome.tracking_uri, outcome.experiment, metrics=("cost_blackbox_queries",))
+    errors = []
+    if config.report.paper and config.report.paper not in available_papers(REFERENCES):
+        errors.append(f"report.paper {config.report.paper!r} has no reference file in {REFERENCES}; known "
+                      f"papers: {', '.join(available_papers(REFERENCES))}")
+    unknown = sorted(set(config.report.claims) - set(CLAIMS)) if config.report.claims != "all" else []
+    if unknown:
+        errors.append(f"report.claims names {unknown}, which have no claims; papers with claims: "
+                      f"{', '.join(sorted(CLAIMS))} (or `claims: all`)")
+    if errors:
+        console.print("[red]" + "\n".join(errors) + "[/red]")
+        raise SystemExit(2)
+
+
+def _report(outcome, config, console) -> list[str]:
+    """The comparison tables (with the configured baseline and paper), the claims check, all on the parent run."""
+    from experiments.claims import EXTRA_METRICS
+    from experiments.report import with_reference
+    from orchestrator.report import comparison_tables, load_trials, log_report_to_mlflow, rich_table, write_report
+
+    df = load_trials(outcome.tracking_uri, outcome.experiment, metrics=EXTRA_METRICS)
     if df.empty:
         console.print("[yellow]no finished trials to report[/yellow]")
         return []
-    tables = comparison_tables(df)
+    tables = comparison_tables(df, baseline=config.report.baseline)
+    if config.report.paper:
+        tables, _ = with_reference(tables, df, config.report.paper)
     for key, table in tables.items():
-        if key.startswith("average") or key == "final_round":
+        if table.attrs["kind"] in ("average", "final", "efficiency", "reference"):
             console.print(rich_table(table))
-    paths = write_report(df, config.workdir_path / "report", formats=("md", "csv", "latex", "html"), tables=tables,
-                         config=config.model_dump(mode="json"))
+    out = config.workdir_path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    claims, paths = _claims(df, config, out, console) if config.report.claims else ("", [])
+    paths = write_report(df, out, formats=("md", "csv", "latex", "html"), tables=tables,
+                         config=config.model_dump(mode="json"),
+                         sections={"The papers' claims": claims} if claims else None) + paths
     log_report_to_mlflow(outcome.tracking_uri, outcome.parent_run_id, paths)
-    console.print(f"report: {len(paths)} files in {config.workdir_path / 'report'}")
+    console.print(f"report: {len(paths)} files in {out}")
     return [str(p) for p in paths]
+
+
+def _claims(df, config, out: Path, console) -> tuple[str, list[Path]]:
+    """The configured papers' claims, printed and written beside the tables (claims.md, claims.json)."""
+    from experiments.claims import claims_report, papers_to_check
+
+    text, summary = claims_report(df, papers_to_check(None, config.report.claims, config.experiment))
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    paths = [out / "claims.md", out / "claims.json"]
+    paths[0].write_text(text, encoding="utf-8")
+    paths[1].write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return text, paths
 
 
 if __name__ == "__main__":

@@ -57,9 +57,14 @@ class MethodConfig(BaseModel):
     adaptation_labels: LabelSet = Field("all", description="'queried': the evaluated learner ignores free labels")
     selector_labels: LabelSet = "all"
     datasets: list[str] | None = Field(None, description="run on these of the sweep's datasets only; None: all")
+    budgets: list[str] | None = Field(None, description="run under these of the sweep's budgets only; None: all "
+                                                        "(a few-shot learner beside pool-fraction ones)")
 
     def runs_on(self, dataset: str) -> bool:
         return self.datasets is None or dataset in self.datasets
+
+    def runs_under(self, budget: str) -> bool:
+        return self.budgets is None or budget in self.budgets
 
     def parts(self) -> list[tuple[str, str, dict]]:
         """``(kind, name, options)`` of its strategy, its learner and its selector: what the registries build."""
@@ -132,6 +137,17 @@ class BlackBoxConfig(BaseModel):
         return self.model_dump(exclude=set(self.TRANSPORT))
 
 
+class ReportConfig(BaseModel):
+    """What the sweep's own report adds to the comparison tables (experiments/report.py's flags, as config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    baseline: str | None = Field(None, description="method the label-efficiency tables test every other against")
+    paper: str | None = Field(None, description="experiments/references/<paper>.yaml: its numbers beside the rows")
+    claims: list[str] | Literal["all"] = Field(default_factory=list,
+                                               description="papers whose claims to check at the end (or 'all')")
+
+
 class SweepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -160,6 +176,7 @@ class SweepConfig(BaseModel):
     workdir: str = "runs"
     cache: str | None = None
     tracking: Tracking = Field(default_factory=Tracking)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     address: str | None = None
 
     @field_validator("methods", mode="before")
@@ -185,6 +202,14 @@ class SweepConfig(BaseModel):
             if method.datasets is not None and (unknown or not method.datasets):
                 raise ValueError(f"method {method.name!r} lists datasets {unknown or '[]'} that the sweep does not "
                                  f"run; its `datasets:` must name some of {self.datasets}")
+            unknown = sorted(set(method.budgets or ()) - set(self.budgets))
+            if method.budgets is not None and (unknown or not method.budgets):
+                raise ValueError(f"method {method.name!r} lists budgets {unknown or '[]'} that the sweep does not "
+                                 f"define; its `budgets:` must name some of {sorted(self.budgets)}")
+        names = [m.name for m in self.methods]
+        if self.report.baseline is not None and self.report.baseline not in names:
+            raise ValueError(f"report.baseline {self.report.baseline!r} is not a method of this sweep; its methods: "
+                             f"{names}")
         return self
 
     @field_validator("datasets", "seeds")
@@ -235,7 +260,7 @@ class SweepConfig(BaseModel):
         out = []
         for dataset, method, (budget_name, budget), seed in itertools.product(
                 self.datasets, self.methods, self.budgets.items(), self.seeds):
-            if not method.runs_on(dataset):
+            if not (method.runs_on(dataset) and method.runs_under(budget_name)):
                 continue
             trial = {
                 "dataset": dataset,
@@ -267,7 +292,7 @@ def _resolved_method(method: MethodConfig) -> dict:
     from methods.registry import ACQUISITIONS, ADAPTATIONS
 
     resolved = method.model_dump()
-    del resolved["datasets"]  # the trial names its dataset; the method's list only shapes the grid
+    del resolved["datasets"], resolved["budgets"]  # the trial names both; the method's lists only shape the grid
     resolved["acquisition_options"] = ACQUISITIONS.resolve_options(method.acquisition, method.acquisition_options)
     resolved["adaptation_options"] = ADAPTATIONS.resolve_options(method.adaptation, method.adaptation_options)
     if method.selector is None:  # keys added after the first release enter the hash only when used

@@ -360,7 +360,7 @@ def label_group(config: SweepConfig, dataset: DatasetStatus, budget_name: str, s
     from .budget import BudgetError
 
     group = LabelGroup(dataset.name, budget_name, schedule.describe(),
-                       [m.name for m in config.methods if m.runs_on(dataset.name)],
+                       [m.name for m in config.methods if m.runs_on(dataset.name) and m.runs_under(budget_name)],
                        len(config.seeds), config.rounds, None, "")
     known = dataset.pool_size is not None
     if _needs_pool(schedule) and not known:

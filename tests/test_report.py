@@ -458,6 +458,30 @@ def test_reference_rows_sit_beside_the_measured_ones(df, tmp_path):
     assert "61.5 ± 0.4" in report.to_markdown(table)
 
 
+def test_the_papers_rows_sit_under_each_measured_row(df, tmp_path):
+    from orchestrator.reporting.interleave import add_reference
+
+    (tmp_path / "toy.yaml").write_text(
+        "paper: toy\ntext: toy.txt\nconfigs: []\n"
+        "columns: [source, dataset, backbone, budget, round, method, value, std, p_value]\nrows:\n"
+        "  - [Table 1, dsA, tiny-clip, per_class_1, 2, entropy+linear_probe, 61.5, 0.4]\n"
+        "  - [Table 2, dsA, tiny-clip, per_class_1, 3, entropy+linear_probe, 65.0]\n")
+    tables, unmatched = add_reference(report.comparison_tables(df), df, tmp_path, "toy")
+    table = tables["dataset__dsA__per_class_1"]
+    rows = list(table.index)
+    at = rows.index("entropy+linear_probe")
+    assert rows[at + 1] == "entropy+linear_probe · toy (Table 1, Table 2)"
+    assert rows[at + 2] == "entropy+linear_probe · Δ (measured − toy)"
+    measured = table.attrs["mean"].loc["entropy+linear_probe"]
+    assert list(table.iloc[at + 1]) == ["—", "—", "61.5", "65.0"]
+    assert table.iloc[at + 2, 2] == f"{measured.iloc[2] - 61.5:+.1f}" and table.iloc[at + 2, 0] == "—"
+    assert not table.attrs["best"].iloc[at + 1].any()  # the paper's number is never marked best
+    assert "entropy+linear_probe · toy (Table 1, Table 2) | — | — | 61.5 | 65.0 |" in report.to_markdown(table)
+    assert "61.5" in report.to_csv(table) and unmatched.empty
+    untouched = tables["dataset__dsB__per_class_1"]
+    assert len(untouched) == len(report.comparison_tables(df)["dataset__dsB__per_class_1"])
+
+
 def test_cli_unknown_paper_lists_the_known_ones(store, tmp_path):
     uri, _, _ = store
     with pytest.raises(SystemExit, match="known papers: biomedvr, cbsq, cec, dualprompt, valiant"):
@@ -481,6 +505,20 @@ def test_learning_curve_figure(df):
     np.testing.assert_allclose(line.get_ydata(),
                                [expected("dsB", "margin+zeroshot", "per_class_1", r)[0] for r in ROUNDS])
     assert len(ax.collections) == 3  # one ± std band per method
+
+
+def test_curves_against_rounds_and_black_box_queries(df):
+    by_round = report.plot_learning_curves(df, "dsB", x="round").get_axes()[0]
+    assert by_round.get_xlabel() == "round"
+    np.testing.assert_allclose(by_round.get_lines()[1].get_xdata(), ROUNDS)
+    queried = df.assign(cost_blackbox_queries=np.where(df["method"] == "margin+zeroshot", 100.0 * df["round"],
+                                                       np.nan))
+    ax = report.plot_learning_curves(queried, "dsB", x="queries").get_axes()[0]
+    assert ax.get_xlabel() == "black-box queries"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["margin+zeroshot"]  # only the method that queried
+    np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), [100.0 * r for r in ROUNDS])
+    with pytest.raises(ValueError, match="choose from \\['labels', 'queries', 'round'\\]"):
+        report.plot_learning_curves(df, "dsB", x="budget")
 
 
 def test_write_report_and_log_to_parent(df, store, tmp_path):

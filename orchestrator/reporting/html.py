@@ -41,16 +41,18 @@ def figure_html(fig, alt: str) -> str:
 
 
 def report_page(title: str, tables: dict[str, pd.DataFrame], figures: dict[str, object],
-                config: dict | None = None, revision: str | None = None) -> str:
-    """The whole page: summary tables first (average, final, efficiency, queries), then per dataset, then
-    curves, then the sweep's config."""
-    order = ["average", "final", "efficiency", "queries", "dataset"]
+                config: dict | None = None, revision: str | None = None,
+                sections: dict[str, str] | None = None) -> str:
+    """The whole page: summary tables first (average, final, efficiency, reference, queries), then per dataset,
+    then the text ``sections`` (title -> preformatted text, e.g. the claims check), curves, the sweep's config."""
+    order = ["average", "final", "efficiency", "reference", "queries", "dataset"]
     ranked = sorted(tables.items(), key=lambda kv: order.index(kv[1].attrs.get("kind", "dataset"))
                     if kv[1].attrs.get("kind", "dataset") in order else len(order))
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if revision:
         parts.append(f"<p>git revision <code>{html.escape(revision)}</code></p>")
     parts += [table_html(t) for _, t in ranked]
+    parts += [f"<h2>{html.escape(name)}</h2><pre>{html.escape(text)}</pre>" for name, text in (sections or {}).items()]
     parts += ["<h2>Learning curves</h2>"] + [figure_html(f, name) for name, f in figures.items()]
     if config is not None:
         parts.append(f"<h2>Config</h2><pre>{html.escape(json.dumps(config, indent=2, default=str))}</pre>")

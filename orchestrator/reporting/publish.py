@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from orchestrator.reporting.loading import ROLE_TAG
-from orchestrator.reporting.plots import plot_learning_curves
+from orchestrator.reporting.plots import X_AXES, has_queries, plot_learning_curves
 from orchestrator.reporting.render import to_csv, to_latex, to_markdown
 from orchestrator.reporting.tables import comparison_tables
 
@@ -25,11 +25,14 @@ RENDERERS = {"md": to_markdown, "csv": to_csv, "latex": lambda t: to_latex(t)}
 
 
 def write_report(df: pd.DataFrame, out_dir, formats: Sequence[str] = ("md", "csv", "latex"),
-                 tables: dict[str, pd.DataFrame] | None = None, config: dict | None = None) -> list[Path]:
-    """Write each table in each format and one learning-curve PNG per dataset; return the paths.
+                 tables: dict[str, pd.DataFrame] | None = None, config: dict | None = None,
+                 curves: Sequence[str] = ("labels",), sections: dict[str, str] | None = None) -> list[Path]:
+    """Write each table in each format and learning-curve PNGs per dataset, against each of ``curves``
+    (labels spent, rounds, black-box queries; queries are added whenever a run counted them); return the paths.
 
-    The layout is flat (``<table>.<ext>``, ``curves__<dataset>.png``) so the same names appear
-    under the parent run's ``report/`` artifacts.
+    The layout is flat (``<table>.<ext>``, ``curves__<dataset>.png``, ``curves_<x>__<dataset>.png`` for the
+    other axes) so the same names appear under the parent run's ``report/`` artifacts. ``sections`` (title ->
+    text, e.g. the claims check) go on the HTML page below the tables.
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -44,11 +47,14 @@ def write_report(df: pd.DataFrame, out_dir, formats: Sequence[str] = ("md", "csv
             path = out_dir / f"{_safe_name(key)}{FORMATS[fmt]}"
             path.write_text(text, encoding="utf-8")
             paths.append(path)
+    axes = list(dict.fromkeys([*curves, *(["queries"] if has_queries(df) else [])]))
     figures = {}
-    for dataset in sorted(df["dataset"].unique()):
-        path = out_dir / f"curves__{_safe_name(dataset)}.png"
-        figures[dataset] = plot_learning_curves(df, dataset)
-        figures[dataset].savefig(path, dpi=120)
+    for x, dataset in ((x, d) for x in axes for d in sorted(df["dataset"].unique())):
+        prefix = "curves" if x == "labels" else f"curves_{x}"
+        path = out_dir / f"{prefix}__{_safe_name(dataset)}.png"
+        key = dataset if x == "labels" else f"{dataset} (against {X_AXES[x][1]})"
+        figures[key] = plot_learning_curves(df, dataset, x)
+        figures[key].savefig(path, dpi=120)
         paths.append(path)
     if "html" in formats:
         from orchestrator.reporting.html import report_page
@@ -57,7 +63,7 @@ def write_report(df: pd.DataFrame, out_dir, formats: Sequence[str] = ("md", "csv
 
         path = out_dir / "report.html"
         path.write_text(report_page(f"sweep {df.attrs.get('experiment', '')}", tables, figures, config,
-                                    f"{git_revision()} (report built)"), encoding="utf-8")
+                                    f"{git_revision()} (report built)", sections), encoding="utf-8")
         paths.append(path)
     return paths
 

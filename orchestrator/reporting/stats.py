@@ -117,7 +117,8 @@ def mean_curve(df: pd.DataFrame, method: str, scale) -> tuple[np.ndarray, np.nda
 def efficiency(df: pd.DataFrame, scale, baseline: str | None = None) -> pd.DataFrame:
     """Per method of one budget: final score and AULC (seed means averaged over datasets), and against
     ``baseline``: labels to reach its final score, labels saved, and paired tests of the final scores over
-    (dataset, seed) pairs. A method missing a dataset gets no average (NaN), as in the comparison tables."""
+    (dataset, seed) pairs. A method missing a dataset gets no average and no comparison (NaN), as in the
+    comparison tables: its curve averaged over fewer datasets would not be comparable."""
     runs = run_summaries(df, scale)
     datasets = set(runs["dataset"])
     per_dataset = runs.groupby(["method", "dataset"])[["final", "aulc"]].mean()
@@ -130,7 +131,7 @@ def efficiency(df: pd.DataFrame, scale, baseline: str | None = None) -> pd.DataF
         raise KeyError(f"baseline {baseline!r} is not among this sweep's methods {sorted(out.index)}")
     base_curve = mean_curve(df, baseline, scale)
     paired = runs.set_index(["dataset", "seed"])
-    for method in out.index:
+    for method in out.index[complete.reindex(out.index, fill_value=False).to_numpy()]:  # partial curves: blank
         need, base, saved = labels_saved(*mean_curve(df, method, scale), *base_curve)
         test = paired_test(paired.loc[paired["method"] == method, "final"],
                            paired.loc[paired["method"] == baseline, "final"])

@@ -294,7 +294,8 @@ def _efficiency_table(budget: str, group: pd.DataFrame, baseline: str | None) ->
                f"datasets, first reaches {baseline}'s final score, and the fraction of {baseline}'s labels saved; "
                f"Δ and p-values of the final scores paired by (dataset, seed), Wilcoxon signed-rank and paired t, "
                f"no test below {MIN_PAIRS} pairs.") if baseline in set(group["method"]) else (
-               " No baseline named (report.py --baseline), so no labels-to-target or tests.")
+               " No baseline named (report.py --baseline), so no labels-to-target or tests." if baseline is None else
+               f" The baseline {baseline} does not run under this budget, so no labels-to-target or tests.")
     caption = (f"Budget {budget}, over {len(datasets)} datasets ({', '.join(datasets)}): final-round score and the "
                f"area under the learning curve against labels spent (over the label range every run of a dataset "
                f"covers, divided by its width), seed means averaged over datasets.{against}")
