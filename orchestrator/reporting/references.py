@@ -14,7 +14,10 @@ One YAML file per paper under ``experiments/references/`` (the sweep passes the 
 Every row speaks the sweep's language (card names, method names, budget names, round index) so that
 matching a measured row is an equality test on (dataset, backbone, budget, round, method); ``value`` and
 ``std`` are in the paper's display units (percent), ``p_value`` only where the paper prints one. A row whose
-dataset is ``average`` is the paper's mean over its datasets and matches the sweep's averaged table.
+dataset is ``average`` is the paper's mean over the datasets of its table (``source``): the datasets that
+table's other rows name, or the file's ``averages: {<source>: [datasets]}`` for a table that prints only
+averages. It matches the sweep's averaged table only when that averages the same datasets, so a paper's
+three-dataset average and its six-dataset one (same method, budget and round) are two rows, not a clash.
 
 Why data and not code: a test checks that every number in a file occurs in the paper's text, and a file
 that names a dataset, method or budget its configs do not know is refused with the known names, so a
@@ -38,6 +41,8 @@ COLUMNS = ["source", "dataset", "backbone", "budget", "round", "method", "value"
 REQUIRED = COLUMNS[:7]
 KEYS = ["dataset", "backbone", "budget", "round", "method"]
 AVERAGE = "average"
+#: The datasets an ``average`` row (or an averaged measured cell) covers, comma-joined and sorted; "" otherwise.
+SCOPE = "scope"
 
 
 class ReferenceError(ValueError):
@@ -55,6 +60,7 @@ class ReferenceTable:
     rows: pd.DataFrame
     path: Path
     extra: dict
+    averages: dict = None  # source -> the datasets its average rows cover, for tables that print only averages
 
 
 def available_papers(folder: Path) -> list[str]:
@@ -86,9 +92,22 @@ def load_reference(folder: Path, paper: str) -> ReferenceTable:
         rows[col] = pd.to_numeric(rows[col], errors="raise").astype(float)
     rows[["dataset", "backbone", "budget", "method", "source"]] = rows[
         ["dataset", "backbone", "budget", "method", "source"]].astype(str)
+    averages = {str(k): sorted(map(str, v)) for k, v in (raw.get("averages") or {}).items()}
+    rows[SCOPE] = _scopes(rows, averages)
     return ReferenceTable(paper=str(raw["paper"]), title=str(raw.get("title", raw["paper"])), text=str(raw["text"]),
                           configs=tuple(raw["configs"]), rows=rows, path=path,
-                          extra={k: list(v) for k, v in (raw.get("extra") or {}).items()})
+                          extra={k: list(v) for k, v in (raw.get("extra") or {}).items()}, averages=averages)
+
+
+def scope_of(datasets) -> str:
+    return ",".join(sorted(set(datasets) - {AVERAGE}))
+
+
+def _scopes(rows: pd.DataFrame, averages: dict[str, list[str]]) -> list[str]:
+    """Per row: the datasets its average covers (declared for its source, else its source's other rows)."""
+    named = rows[rows["dataset"] != AVERAGE].groupby("source")["dataset"].agg(scope_of).to_dict()
+    return [("" if d != AVERAGE else scope_of(averages[src]) if src in averages else named.get(src, ""))
+            for d, src in zip(rows["dataset"], rows["source"])]
 
 
 EXTRA_KINDS = ("backbones", "budgets", "methods")
@@ -119,7 +138,15 @@ def validate_reference(ref: ReferenceTable, configs: list, cards: set[str]) -> l
                           f"{list(ref.configs)}, the cards, and the file's extra:)")
     if (ref.rows["round"] < 0).any():
         errors.append(f"{ref.path.name}: negative rounds")
-    dupes = ref.rows[ref.rows.duplicated(KEYS, keep=False)]
+    for source, datasets in (ref.averages or {}).items():
+        unknown = sorted(set(datasets) - set(cards))
+        if unknown:
+            errors.append(f"{ref.path.name}: averages: {source} names unknown datasets {unknown}")
+    blind = sorted(set(ref.rows.loc[(ref.rows["dataset"] == AVERAGE) & (ref.rows[SCOPE] == ""), "source"]))
+    if blind:
+        errors.append(f"{ref.path.name}: average rows of {blind} cover no known datasets; name them under "
+                      f"`averages: {{{blind[0]}: [...]}}`")
+    dupes = ref.rows[ref.rows.duplicated(KEYS + [SCOPE], keep=False)]
     if len(dupes):
         errors.append(f"{ref.path.name}: {len(dupes)} rows share (dataset, backbone, budget, round, method), e.g. "
                       f"{dupes.iloc[0][KEYS].tolist()}; keep one per key")
@@ -130,13 +157,14 @@ _NUMBER = re.compile(r"(?<![\d.])\d+(?:\.\d+)?(?![\d])")
 
 
 def _spellings(value: float) -> set[str]:
-    """How a paper may print a number: as typed (2 decimals at most), and without trailing zeros."""
+    """How a paper may print a number: as typed (2 decimals at most), without trailing zeros, and padded to two
+    digits before the point ("07.6" in a column of "26.3"s)."""
     out = set()
     for decimals in range(0, 5):
         text = f"{value:.{decimals}f}"
         if math.isclose(float(text), value, abs_tol=1e-9):
             out |= {text, text.rstrip("0").rstrip(".") if "." in text else text}
-    return out
+    return out | {f"0{t}" for t in out if 0 <= value < 10}
 
 
 def numbers_missing_from_text(ref: ReferenceTable, text: str) -> list[tuple[str, float]]:
@@ -157,7 +185,9 @@ def match_references(measured: pd.DataFrame, ref: ReferenceTable) -> tuple[pd.Da
     units and ``n_seeds`` (see :func:`orchestrator.reporting.stats.measured_cells`); dataset ``average`` rows
     are the over-datasets means. ``difference`` is measured minus reported.
     """
-    merged = ref.rows.merge(measured, on=KEYS, how="left", suffixes=("", "_measured"))
+    if SCOPE not in measured:  # per-dataset cells only
+        measured = measured.assign(**{SCOPE: ""})
+    merged = ref.rows.merge(measured, on=KEYS + [SCOPE], how="left", suffixes=("", "_measured"))
     hit = merged["mean"].notna()
     matched = merged[hit].rename(columns={"value": "reported", "std": "reported_std", "mean": "measured",
                                           "std_measured": "measured_std"})
@@ -175,16 +205,17 @@ def measured_cells(tables: dict[str, pd.DataFrame], df: pd.DataFrame) -> pd.Data
         if kind not in ("dataset", "average"):
             continue
         dataset = table.attrs["dataset"] if kind == "dataset" else AVERAGE
+        scope = "" if kind == "dataset" else scope_of(table.attrs.get("datasets") or [])
         sweep_encoders = {encoders.get(d) for d in (table.attrs.get("datasets") or [dataset])}
         backbone = encoders.get(dataset) if kind == "dataset" else (
             sweep_encoders.pop() if len(sweep_encoders) == 1 else None)
         mean, std, n = table.attrs["mean"], table.attrs["std"], table.attrs["n_seeds"]
         for j, rnd in enumerate(table.attrs["rounds"]):
             for method in mean.index:
-                rows.append({"dataset": dataset, "backbone": backbone, "budget": table.attrs["budget"],
+                rows.append({"dataset": dataset, SCOPE: scope, "backbone": backbone, "budget": table.attrs["budget"],
                              "round": int(rnd), "method": method, "mean": mean.iat[mean.index.get_loc(method), j],
                              "std": std.iat[std.index.get_loc(method), j], "n_seeds": n.iat[n.index.get_loc(method), j]})
-    cells = pd.DataFrame(rows, columns=KEYS + ["mean", "std", "n_seeds"])
+    cells = pd.DataFrame(rows, columns=KEYS + [SCOPE, "mean", "std", "n_seeds"])
     return cells.dropna(subset=["mean"])
 
 
