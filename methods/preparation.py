@@ -76,6 +76,12 @@ class Preparation(Configurable, ABC):
 
 PREPARATIONS: Registry = Registry("preparation step")
 
+#: VALIANT_Multi's decoder, trained on several datasets' pools at once (:mod:`methods.adaptation.blackbox.
+#: valiant_multi`): a learner may declare ``prepared(SHARED_VIPD)``, but the engine computes it across datasets
+#: (``orchestrator.shared_preparation``), so it is no per-dataset plug-in of :data:`PREPARATIONS`.
+SHARED_VIPD = "vipd_shared"
+SHARED_PREPARATIONS = frozenset({SHARED_VIPD})
+
 
 def register_preparation(name: str):
     return PREPARATIONS.register(name)

@@ -396,7 +396,7 @@ def validate_names(config: SweepConfig) -> None:
     for method in config.methods:
         errors += _method_errors(method, has_blackbox=config.blackbox is not None)
     if not errors:
-        errors += _multilabel_errors(config)
+        errors += _multilabel_errors(config) + _shared_errors(config)
     for cold in {config.cold_start, *(m.cold_start for m in config.methods if m.cold_start)}:
         if cold not in ("none", "method"):
             try:
@@ -405,6 +405,17 @@ def validate_names(config: SweepConfig) -> None:
                 errors.append(f"cold_start: {exc.args[0]} (or 'none' / 'method')")
     if errors:
         raise ConfigError("invalid sweep config:\n  " + "\n  ".join(errors))
+
+
+def _shared_errors(config: SweepConfig) -> list[str]:
+    """A VALIANT_Multi union the sweep cannot build (no black box, datasets it does not run, overlaps)."""
+    from .shared_preparation import shared_requests
+
+    try:
+        shared_requests(config)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
 
 
 def _dataset_errors(config: SweepConfig) -> list[str]:
@@ -467,7 +478,7 @@ def _method_errors(method: MethodConfig, has_blackbox: bool) -> list[str]:
 def pairing_errors(strategy, selecting, learners, has_blackbox: bool) -> list[str]:
     """What ``strategy`` declares that the data and the selecting learner's predictors cannot provide."""
     from methods.base import BLACKBOX, DATA_INPUTS, prepared_name
-    from methods.preparation import PREPARATIONS
+    from methods.preparation import PREPARATIONS, SHARED_PREPARATIONS
 
     errors = []
     missing = sorted(strategy.requires - DATA_INPUTS - selecting.provides - {t for t in strategy.requires
@@ -480,7 +491,8 @@ def pairing_errors(strategy, selecting, learners, has_blackbox: bool) -> list[st
     if not has_blackbox and any(BLACKBOX in p.requires for p in plugins):
         users = sorted({p.name for p in plugins if BLACKBOX in p.requires})
         errors.append(f"{users} query a black box, but the sweep configures none; add `blackbox: {{encoder: ...}}`")
-    for token in sorted({t for p in plugins for t in p.requires if prepared_name(t)}):
+    for token in sorted({t for p in plugins for t in p.requires
+                         if prepared_name(t) and prepared_name(t) not in SHARED_PREPARATIONS}):
         try:
             PREPARATIONS.get(prepared_name(token))
         except KeyError as exc:

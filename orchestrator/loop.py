@@ -231,6 +231,7 @@ def _adapt(request: AdaptRequest, data: TrialData, ledger: BudgetLedger, previou
     torch.manual_seed(int(phase_rng(request.seed, request.round, request.phase).integers(2**31)))
     predictor = learner.fit(train_set(data, ledger, request.queried_only), ctx, rng)
     queries = float(blackbox.queries if blackbox is not None else 0)
+    queries += float(getattr(predictor, "shared_queries", 0.0))  # a decoder trained once for several trials
     return PackedPredictor.of(predictor), queries, time.perf_counter() - t0
 
 

@@ -105,10 +105,10 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
 
     from datasets.registry import get_card
 
-    from .features import DEFAULT_CACHE, EmbedOptions, embed_splits
+    from .features import EmbedOptions, embed_splits
     from .images import DatasetImages
 
-    cache = Path(config.cache).expanduser() if config.cache else DEFAULT_CACHE
+    cache = _cache_root(config)
     descriptions = sweep_descriptions(config) if descriptions is None else descriptions
     attributes = sweep_attributes(config) if attributes is None else attributes
     refs: dict[str, dict] = {}
@@ -138,7 +138,7 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
                 "test_labels": ray.put(np.asarray(test.labels)),
                 "text_features": ray.put(text),
                 "task": card.task, "num_classes": card.num_classes, "metric": metric_for(card),
-                "pool_size": len(pool),
+                "pool_size": len(pool), "pool_identity": pool.manifest["checksum"],
                 "encoder": config.encoder, "precision": config.precision, "class_names": list(card.classes),
                 "templates": card.prompts(config.protocol),
                 "attributes": attributes[n],
@@ -149,6 +149,12 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
                 "oracle_labels": _oracle_labels(n, pool_split, opts, pool),
             }
     return refs
+
+
+def _cache_root(config: SweepConfig) -> Path:
+    from .features import DEFAULT_CACHE
+
+    return Path(config.cache).expanduser() if config.cache else DEFAULT_CACHE
 
 
 def class_text_features(config: SweepConfig, card, cache: Path) -> np.ndarray:
@@ -229,9 +235,11 @@ def _preparation_names(config: SweepConfig) -> list[str]:
 
     from .preparation import requested_names
 
+    from .shared_preparation import SHARED_STEPS
+
     registries = {"acquisition": ACQUISITIONS, "adaptation": ADAPTATIONS}
     plugins = [registries[kind].create(name, **opts) for m in config.methods for kind, name, opts in m.parts()]
-    return requested_names({t for p in plugins for t in p.requires})
+    return [n for n in requested_names({t for p in plugins for t in p.requires}) if n not in SHARED_STEPS]
 
 
 def _prepared(config: SweepConfig, names: list[str], dataset: str, cache: Path, pool, images) -> dict[str, dict]:
@@ -344,6 +352,7 @@ def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = 
     from ray import tune
 
     from .ray_runtime import ensure_ray
+    from .shared_preparation import run_shared_preparations
     from .tracking import MLflowTuneCallback, ProgressCallback, TrialTracker
 
     t0 = time.time()
@@ -358,6 +367,7 @@ def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = 
     _say(console, f"embedding {len(config.datasets)} dataset(s) with {config.encoder} (cached after the first run)")
     t_embed = time.time()
     data = prepare_data(config, descriptions, attributes, blackbox_url=served)
+    run_shared_preparations(config, data, _cache_root(config), say=lambda text: _say(console, text))
     embed_seconds = time.time() - t_embed
 
     trials = config.trials()

@@ -51,9 +51,23 @@ def _group(summary: dict, dataset: str, budget: str) -> dict:
 def test_the_offline_default_is_ready_with_its_trial_count_and_labels(capsys, tmp_path):
     code, summary, err = _run(capsys, "--set", f"cache={tmp_path / 'cache'}")  # the shipped default config
     assert code == 0 and summary["ready"] and summary["missing"] == []
-    assert summary["trials"] == 144  # 4 sets x 6 methods x 2 budgets x 3 seeds
+    assert summary["trials"] == 36  # 10 methods x 1 % budget + 2 few-shot methods x shots budget, 3 seeds
     assert all(d["present"] for d in summary["datasets"].values())
     assert summary["encoders"]["tiny-clip"]["available"]
+    groups = {g["budget"]: g for g in summary["labels"]}
+    # 1 % of a 2,000-image pool per round, 3 rounds; 4 / 8 / 16 shots x 10 classes, cumulative
+    assert groups["pct_1"]["per_round"] == [20, 20, 20] and groups["pct_1"]["trials"] == 30
+    assert groups["shots"]["per_round"] == [40, 40, 80] and groups["shots"]["trials"] == 6
+    assert groups["shots"]["methods"] == ["biomedvr", "attrvr"]  # only the methods that list the budget
+    assert summary["labels_total"] == 30 * 60 + 6 * 160
+    assert summary["datasets"]["synth-scans"]["pool_size"] == 2000
+    assert "36 trials" in err and "ready (exit 0)" in err
+
+
+def test_the_family_grid_is_ready_with_its_trial_count_and_labels(capsys, tmp_path):
+    config = str(ROOT / "experiments" / "configs" / "family.yaml")
+    code, summary, err = _run(capsys, config, "--set", f"cache={tmp_path / 'cache'}")
+    assert code == 0 and summary["trials"] == 144  # 4 sets x 6 methods x 2 budgets x 3 seeds
     per_trial = {(g["dataset"], g["budget"]): g["labels_per_trial"] for g in summary["labels"]}
     # per_class budgets: classes x multiple per round, 5 rounds (shapes 10, patterned 36, scans 10, lesions 2)
     assert per_trial == {("synth-shapes", "per_class_1"): 50, ("synth-shapes", "per_class_2"): 100,
@@ -63,7 +77,6 @@ def test_the_offline_default_is_ready_with_its_trial_count_and_labels(capsys, tm
     assert all(g["trials"] == 18 for g in summary["labels"])
     assert summary["labels_total"] == 18 * sum(per_trial.values()) == 15_660
     assert summary["datasets"]["synth-shapes"]["pool_size"] == 5000
-    assert "144 trials" in err and "ready (exit 0)" in err
 
 
 def test_an_absent_real_dataset_exits_3_naming_it_and_how_to_get_it(capsys, tmp_path, empty_root):
@@ -226,7 +239,7 @@ def test_offline_twins_with_attributes_are_ready(capsys):
 
 def test_the_valiant_config_counts_its_grid_and_reads_chexperts_val_split_as_its_test(capsys, empty_root):
     code, summary, _ = _run(capsys, PAPERS / "valiant.yaml")
-    assert code == 3 and summary["trials"] == 5 * 9 * 10  # 5 datasets x 9 methods x 10 runs, one budget
+    assert code == 3 and summary["trials"] == 5 * 10 * 10  # 5 datasets x 10 methods (with VALIANT_Multi) x 10 runs
     assert [s["split"] for s in summary["datasets"]["chexpert"]["splits"]] == ["train", "val"]
     refuge = next(g for g in summary["labels"] if g["dataset"] == "refuge")
     assert refuge["per_round"] == [40] * 10 and refuge["labels_per_trial"] == 400  # 10 %, ..., 100 % of 400
@@ -236,7 +249,7 @@ def test_the_valiant_twin_is_ready_and_a_split_rename_for_an_unknown_dataset_is_
     from orchestrator.config import ConfigError, load_config
 
     code, summary, _ = _run(capsys, PAPERS / "valiant-offline.yaml")
-    assert code == 0 and summary["trials"] == 2 * 9 * 3
+    assert code == 0 and summary["trials"] == 2 * 10 * 3
     methods = [{"acquisition": "random", "adaptation": "linear_probe"}]
     with pytest.raises(ConfigError, match="dataset_splits names 'chexpert', which the sweep does not run"):
         load_config(_config(tmp_path, methods=methods, dataset_splits={"chexpert": {"test": "val"}}))

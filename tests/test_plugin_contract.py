@@ -51,18 +51,28 @@ def tiny_data() -> TrialData:
     segmentation = SegmentationCodes(epochs=2).run(card_inputs("synth-shapes", "tiny-clip", images=images),
                                                    np.random.default_rng(0))
     blackbox = ClipBlackBoxSpec("tiny-clip", tuple(card.classes), tuple(templates))
+    shared = _shared_decoder(images, segmentation, blackbox, encoder.encode_texts(["a"]).shape[1])
     return TrialData(feats["pool"], labels["pool"], feats["test"], labels["test"],
                      class_embeddings(text.reshape(len(templates), len(card.classes), -1)), "multiclass",
                      card.num_classes, "top1", class_names=list(card.classes), templates=templates,
                      attributes={c: a.model_dump() for c, a in card.attributes.items()}, images=images,
-                     prepared={"attribute_embeddings": attributes, "segmentation_codes": segmentation},
+                     prepared={"attribute_embeddings": attributes, "segmentation_codes": segmentation,
+                               "vipd_shared": shared},
                      blackbox=blackbox)
 
 
 #: Options that fit a learner's defaults to the test pool: the card's 3 descriptions per class (BiomedCoOp takes
 #: 50), and a few SPSA steps for the black-box learners.
-SMALL_LEARNER = {"biomedcoop": {"n_prompts": 3}, "vipd": {"steps": 2, "batch_size": 8, "draws": 1},
-                 "baps": {"steps": 2, "batch_size": 8, "draws": 1}}
+SPSA_FAST = {"steps": 2, "batch_size": 8, "draws": 1}
+SMALL_LEARNER = {"biomedcoop": {"n_prompts": 3}, "vipd": SPSA_FAST, "baps": SPSA_FAST, "vipd_multi": SPSA_FAST}
+
+
+def _shared_decoder(images, segmentation, blackbox, feature_dim: int) -> dict:
+    """VALIANT_Multi's shared decoder over this one pool (what the engine would train before the sweep)."""
+    from methods.adaptation.blackbox.valiant_multi import PoolSource
+
+    source = PoolSource("synth-shapes", images, segmentation, blackbox.open())
+    return ADAPTATIONS.create("vipd_multi", **SPSA_FAST).train_shared([source], "tiny-clip", "fp32", feature_dim)
 
 
 def _fast(name: str) -> dict:

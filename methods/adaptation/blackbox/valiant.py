@@ -36,8 +36,9 @@ Readings (the paper leaves these open; each is an option):
 * λ: per dataset from Table 1 in the paper config; 1, 1, 1 by default.
 * F(X) is encoded from the pixels like F(X + P) (not read from the feature
   cache), so the two always come from the same preprocessing.
-* Deviation: ``single`` mode only (the VIPD trained on the trial's own pool);
-  ``multi`` (one VIPD over several datasets' pools) is not built yet.
+* This learner (``vipd``) is VALIANT_Single: the VIPD trained on the trial's own pool. VALIANT_Multi, one
+  VIPD over several datasets' pools trained once before the sweep, is ``vipd_multi``
+  (:mod:`.valiant_multi`).
 """
 
 from __future__ import annotations
@@ -140,10 +141,16 @@ def instability(decoder, images, codes, encoder, segmentation: dict, sigma: floa
     return np.concatenate(out).astype(np.float32)
 
 
+@dataclass
 class VIPDPredictor(DecoderPredictor):
-    """The zero-shot head, the trained VIPD and the prompt instability of every pool row."""
+    """The zero-shot head, the trained VIPD and the prompt instability of every pool row.
+
+    ``shared_queries``: black-box queries its decoder cost outside the trial (VALIANT_Multi's shared training),
+    charged by the loop to the round that fitted it; not part of the state, so a resumed round charges nothing.
+    """
 
     output = INSTABILITY
+    shared_queries: float = 0.0
 
     @property
     def instability(self) -> np.ndarray:
