@@ -25,8 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.reporting.claims import (ABSENT, LAST, Claim, check_claims, markdown,  # noqa: E402
-                                           mined_labels, queries_spent, selective_savings, verdict_counts)
+from orchestrator.reporting.claims import (ABSENT, FAILS, HOLDS, LAST, Claim, check_claims,  # noqa: E402
+                                           markdown, mined_labels, queries_spent, selective_savings,
+                                           verdict_counts)
 
 #: Where the few-shot twin's one-round budgets sit in the offline default's 4 / 8 / 16-shot rounds.
 AT_16_SHOTS, AT_4_SHOTS = (("shots", 3),), (("shots", 1),)
@@ -109,14 +110,14 @@ def savings_claim(savings: list[dict]) -> dict:
     CB+SQ's score (interpolated on CB's curve; "not reached" counts as holding)."""
     text = "selective querying saves labels at equal accuracy (17.6 % budget saved)"
     if not savings:
-        return {"claim": text, "at": "last round", "result": "not in this sweep"}
+        return {"claim": text, "at": "last round", "result": ABSENT}
     last = savings[-1]
     need = last["no-SQ labels for the SQ score"]
     holds = need == "not reached" or need > last["spent (SQ)"]
     return {"claim": text, "at": f"r{last['round']}", "better": f"CB+SQ paid {last['spent (SQ)']} labels for "
             f"{last['score (SQ)']}", "worse": f"CB needs {need} for it", "difference": (
                 None if need == "not reached" else round(need - last["spent (SQ)"], 1)),
-            "result": "holds" if holds else "does not hold"}
+            "result": HOLDS if holds else FAILS}
 
 
 def paper_section(df, paper: str) -> tuple[str, dict]:
@@ -146,8 +147,7 @@ def claims_report(df, papers: list[str]) -> tuple[str, dict]:
     for paper in papers:
         text, summary["papers"][paper] = paper_section(df, paper)
         texts.append(text)
-    totals = {k: sum(p[k] for p in summary["papers"].values()) for k in ("holds", "does not hold",
-                                                                           "not in this sweep")}
+    totals = {k: sum(p[k] for p in summary["papers"].values()) for k in (HOLDS, FAILS, ABSENT)}
     summary.update(totals)
     line = (f"**{totals['holds']} claims hold, {totals['does not hold']} do not, {totals['not in this sweep']} "
             f"cannot be tested on this sweep** (a difference inside the seeds' spread, or p above 0.05, is weak "

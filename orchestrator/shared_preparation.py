@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from methods.adaptation.blackbox.valiant_multi import SHARED_VIPD_VERSION, PoolSource
 from methods.core.encoders import parse_encoder
 from methods.preparation import SHARED_PREPARATIONS, SHARED_VIPD
@@ -86,8 +88,10 @@ def shared_requests(config: SweepConfig) -> list[SharedRequest]:
 def _sources(request: SharedRequest, data: dict[str, dict]) -> list[PoolSource]:
     import ray
 
-    return [PoolSource(d, data[d]["images"], {k: ray.get(v) for k, v in data[d]["prepared"][SEGMENTATION_CODES].items()},
-                       data[d]["blackbox"].open()) for d in request.datasets]
+    def codes(dataset: str) -> dict:  # writable copies: the object store hands out read-only views
+        return {k: np.array(ray.get(v)) for k, v in data[dataset]["prepared"][SEGMENTATION_CODES].items()}
+
+    return [PoolSource(d, data[d]["images"], codes(d), data[d]["blackbox"].open()) for d in request.datasets]
 
 
 def _key(request: SharedRequest, config: SweepConfig, data: dict[str, dict]) -> dict:
