@@ -74,14 +74,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     from orchestrator.budget import BudgetError
     from orchestrator.sweep import run_sweep
+    from orchestrator.ray_runtime import RayAddressError
+    from orchestrator.tracking_access import TrackingAccessError
+    from orchestrator.workdir_lock import WorkdirLockedError
 
     try:
         outcome = run_sweep(config, console)
-    except (BudgetError, ValueError, KeyError) as exc:
+    except (BudgetError, ValueError, KeyError, WorkdirLockedError, TrackingAccessError, RayAddressError) as exc:
         console.print(f"[red]error: {exc.args[0] if exc.args else exc}[/red]")
         raise SystemExit(2) from None
     summary = {"experiment": outcome.experiment, "tracking_uri": outcome.tracking_uri, "trials": outcome.trials,
                "skipped_finished": outcome.skipped, "resumed": outcome.resumed, "failed": len(outcome.failed),
+               "failed_trials": list(outcome.failed),
                "seconds": round(outcome.seconds, 1), "embed_seconds": round(outcome.embed_seconds, 1)}
     if not args.no_report:
         summary["report"] = _report(outcome, config, console)

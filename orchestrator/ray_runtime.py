@@ -22,6 +22,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
         address = address or os.environ.get("RAY_ADDRESS")
         kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=not quiet)
         if address:
+            check_reachable(address)
             ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
@@ -29,6 +30,33 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
     if quiet:
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+
+
+class RayAddressError(RuntimeError):
+    """Nothing answers at the Ray address the sweep was told to join."""
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail within seconds when no Ray head listens at ``host:port`` (``ray.init`` waits minutes, then times out).
+
+    ``auto`` and ``local`` are resolved by Ray itself from this machine's session files and are not probed.
+    """
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    target = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayAddressError(f"Ray address {address!r} is not HOST:PORT (or ray://HOST:PORT, auto); e.g. "
+                              "--address 10.0.0.5:6379")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except OSError as exc:
+        raise RayAddressError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); start it (`ray start "
+                              "--head` or `ray up cluster.yaml`), run the sweep on the head node, or fix --address "
+                              "/ RAY_ADDRESS") from None
 
 
 def cluster_gpus() -> float:

@@ -347,12 +347,21 @@ def reconcile(tracker, store: TrialStore, trials: list[dict], parent_run_id: str
 
 
 def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = None) -> SweepOutcome:
+    """Run (or resume) the sweep; a second sweep on the same workdir is refused (:mod:`.workdir_lock`)."""
+    from .workdir_lock import workdir_lock
+
+    with workdir_lock(config.workdir_path, config.name):
+        return _run_sweep(config, console, extra_callbacks)
+
+
+def _run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = None) -> SweepOutcome:
     # Tune's newer console output prints banners even at verbose=0; progress is ours (rich) instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
 
     from .ray_runtime import ensure_ray
     from .shared_preparation import run_shared_preparations
+    from .tracking_access import check_tracking_server
     from .tracking import MLflowTuneCallback, ProgressCallback, TrialTracker
 
     t0 = time.time()
@@ -360,6 +369,7 @@ def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = 
     workdir.mkdir(parents=True, exist_ok=True)
     descriptions = sweep_descriptions(config)  # a missing description file fails before Ray starts
     attributes = sweep_attributes(config)  # so does a missing attribute file
+    check_tracking_server(config.tracking_uri)  # so does an unreachable MLflow server or a wrong password
     ensure_ray(config.address)
     served = start_blackbox_server(config)
     if served:
@@ -406,12 +416,18 @@ def run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None = 
             ),
         )
         grid = tuner.fit()
-        failed = [r.config["trial"]["config_hash"] for r in grid if r.error is not None]
+        failed = [trial_name(r.config["trial"]) for r in grid if r.error is not None]
     if served:
         _log_served_queries(tracker, parent, served, config.datasets)
     tracker.client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
     return SweepOutcome(config.experiment, config.tracking_uri, parent, len(trials), len(finished),
                         len(resumable), failed, time.time() - t0, embed_seconds, callback.log_seconds)
+
+
+def trial_name(trial: dict) -> str:
+    """What MLflow calls the trial's run: method | dataset | budget | seed (config hash)."""
+    return (f"{trial['method']['name']} | {trial['dataset']} | {trial['budget_name']} | seed {trial['seed']} "
+            f"({trial['config_hash']})")
 
 
 def _storage_path(config: SweepConfig) -> Path:

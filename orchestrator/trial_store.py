@@ -9,11 +9,15 @@ their last finished round and skips finished ones.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 from .loop import RoundState
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "round-state.npz"
 
@@ -37,10 +41,18 @@ class TrialStore:
         return target
 
     def load(self, config_hash: str) -> RoundState | None:
+        """The trial's last saved round, or None when there is none or the file is damaged (truncated,
+        overwritten): then the trial resumes from its newest Tune checkpoint, or starts over -- never from a
+        half-read state."""
         target = self.path(config_hash)
         if not target.exists():
             return None
-        return RoundState.from_bytes(target.read_bytes())
+        try:
+            return RoundState.from_bytes(target.read_bytes())
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            log.warning("trial state %s is damaged (%s: %s); ignoring it: the trial resumes from its newest Tune "
+                        "checkpoint or starts over", target, type(exc).__name__, exc)
+            return None
 
     def hashes(self) -> list[str]:
         if not self.root.exists():

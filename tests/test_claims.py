@@ -168,7 +168,7 @@ def test_an_unknown_paper_in_the_report_section_fails_before_any_trial(tmp_path,
     path = _config(tmp_path, session_cache, name="bad", report=report)
     with pytest.raises(SystemExit) as exit_info:
         sweep.main([str(path)])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err.replace("\n", " ")
+    assert exit_info.value.code == 2 and message in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "bad" / "mlflow.db").exists()
 
 

@@ -241,6 +241,7 @@ def test_every_aws_node_type_brings_its_own_security_group():
 @BOTH
 def test_mlflow_server_binds_loopback_and_uses_shared_storage(variant):
     argv = _mlflow_server_command(_variant(variant))
+    assert _option(argv, "--app-name") == "basic-auth"  # unauthenticated requests refused (tests/test_tracking_server)
     assert _option(argv, "--host", "-h") == "127.0.0.1"
     assert _option(argv, "--port", "-p") == "5000"
     assert _option(argv, "--workers", "-w") == "1"  # single SQLite writer on NFS
@@ -308,3 +309,12 @@ def test_commands_are_valid_bash(variant):
     for cmd in _commands(_variant(variant)):
         res = subprocess.run(["bash", "-n", "-c", cmd], capture_output=True, text=True)
         assert res.returncode == 0, f"{cmd}\n{res.stderr}"
+
+
+@BOTH
+def test_mlflow_credentials_are_generated_on_the_head_never_written_in_the_yaml(variant):
+    joined = "\n".join(_variant(variant)["head_setup_commands"])
+    assert "secrets.token_urlsafe" in joined and "umask 077" in joined  # a 0600 file on the head
+    assert "admin_password = $(cat ~/.alvlm_mlflow_password)" in joined
+    assert 'MLFLOW_TRACKING_PASSWORD="$(cat ~/.alvlm_mlflow_password)"' in joined  # read at shell time, not stored here
+    assert "password1234" not in joined  # MLflow's default admin password is never used

@@ -440,7 +440,7 @@ def test_reference_rows_sit_beside_the_measured_ones(df, tmp_path):
                                                    reference_table)
 
     (tmp_path / "toy.yaml").write_text(
-        "paper: toy\ntext: toy.txt\nconfigs: []\n"
+        "paper: toy\ntext: toy.txt\nconfigs: []\naverages: {Table 1: [dsA, dsB]}\n"  # its average covers both
         "columns: [source, dataset, backbone, budget, round, method, value, std, p_value]\nrows:\n"
         "  - [Table 1, dsA, tiny-clip, per_class_1, 2, entropy+linear_probe, 61.5, 0.4]\n"
         "  - [Table 1, average, tiny-clip, per_class_1, 3, margin+zeroshot, 70.0]\n"

@@ -102,7 +102,7 @@ def test_a_failing_learner_is_marked_failed_and_the_sweep_goes_on(ray_cluster, t
                    methods=["random+explodes", "random+zeroshot"], plugins=[str(plugin)])
     config = load_config(path)
     outcome = run_sweep(config)
-    assert len(outcome.failed) == 1
+    assert len(outcome.failed) == 1 and outcome.failed[0].startswith("random+explodes | synth-shapes | b1 | seed 0 (")
     _, trials, _ = _trial_runs(config.tracking_uri, "failing")
     status = {r.data.params["method"]: r for r in trials}
     assert status["random+zeroshot"].info.status == "FINISHED"
@@ -211,3 +211,56 @@ def test_one_method_may_set_its_options_per_dataset_under_one_name(tmp_path, ses
     overlapping = [per_dataset[0], {**per_dataset[1], "datasets": datasets}]
     with pytest.raises(ConfigError, match="appear more than once.*no dataset in two entries"):
         load_config(_config(tmp_path, session_cache, datasets=datasets, methods=overlapping))
+
+
+def test_a_second_sweep_on_a_busy_workdir_is_refused_at_once(tmp_path, session_cache, capsys):
+    from experiments import sweep as cli
+    from orchestrator.sweep import run_sweep
+    from orchestrator.workdir_lock import WorkdirLockedError, workdir_lock
+
+    config = load_config(_config(tmp_path, session_cache, name="busy"))
+    with workdir_lock(config.workdir_path, "first"):
+        t0 = time.time()
+        with pytest.raises(WorkdirLockedError, match="another sweep is running on .*sweep 'first', pid"):
+            run_sweep(config)
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([str(tmp_path / "busy.yaml")])
+        assert exit_info.value.code == 2 and "give this one its own --workdir" in " ".join(capsys.readouterr().err.split())
+        assert time.time() - t0 < 30  # refused before Ray or MLflow start
+    with workdir_lock(config.workdir_path, "again"):  # released with its holder
+        pass
+
+
+def test_a_damaged_trial_state_is_ignored_with_a_warning(tmp_path, caplog):
+    from orchestrator.budget import BudgetLedger
+    from orchestrator.loop import RoundState
+    from orchestrator.trial_store import TrialStore
+
+    from methods.core.predictors import LinearPredictor
+
+    store = TrialStore(tmp_path / "trials")
+    head = LinearPredictor(np.eye(3, 4, dtype=np.float32), np.zeros(3, np.float32), 1.0)
+    path = store.save("abc", RoundState(1, BudgetLedger(), head, [], [], False))
+    assert store.load("abc").round == 1
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # truncated on disk
+    assert store.load("abc") is None
+    assert "is damaged" in caplog.text and "resumes from its newest Tune checkpoint" in caplog.text
+
+
+def test_an_unreachable_ray_address_is_reported_within_seconds(tmp_path, session_cache):
+    import socket
+
+    from orchestrator.ray_runtime import RayAddressError, check_reachable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = _config(tmp_path, session_cache, name="nohead")
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "experiments/sweep.py", str(path), "--address", f"127.0.0.1:{port}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2 and "no Ray cluster answers at" in out.stderr and time.time() - t0 < 60
+    with pytest.raises(RayAddressError, match="is not HOST:PORT"):
+        check_reachable("my-head-node")
+    check_reachable("auto")  # resolved by Ray from this machine's session files
