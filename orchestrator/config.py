@@ -82,6 +82,9 @@ class MethodConfig(BaseModel):
                 raise ConfigError(f"method {item!r} must be written ACQUISITION+ADAPTATION, e.g. entropy+linear_probe")
             acq, ada = item.split("+")
             return cls(name=item, acquisition=acq, adaptation=ada)
+        if not isinstance(item, dict):
+            raise ConfigError(f"a method is 'ACQUISITION+ADAPTATION' or a mapping with acquisition: and adaptation:, "
+                              f"got {item!r}")
         item = dict(item)
         item.setdefault("name", f"{item.get('acquisition')}+{item.get('adaptation')}")
         return cls(**item)
@@ -184,6 +187,8 @@ class SweepConfig(BaseModel):
     def _parse_methods(cls, items):
         if not items:
             raise ValueError("at least one method is needed, e.g. random+zeroshot")
+        if not isinstance(items, list):
+            raise ValueError(f"methods is a list (of 'ACQUISITION+ADAPTATION' or mappings), got {items!r}")
         methods = [MethodConfig.parse(m) if not isinstance(m, MethodConfig) else m for m in items]
         names = [m.name for m in methods]
         twice = sorted(n for n in set(names) if names.count(n) > 1 and not _per_dataset_settings(
