@@ -65,22 +65,23 @@ def with_reference(tables: dict, df, paper: str):
         raise SystemExit(f"error: {err}") from None
 
 
-def _console():
-    """A rich console that does not squeeze wide tables when stdout is a pipe or a file."""
+def wide_console(stderr: bool = False):
+    """A rich console that does not squeeze wide tables when it writes to a pipe or a file."""
     from rich.console import Console
 
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=200)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     from orchestrator.report import (ExperimentNotFoundError, comparison_tables, load_trials,
                                      log_report_to_mlflow, rich_table, write_report)
+    from orchestrator.reporting.tables import QUERIES
 
     try:
         df = load_trials(args.tracking_uri, args.experiment, include_unfinished=args.include_unfinished,
-                         metrics=("cost_blackbox_queries",))  # for the queries column and curves
+                         metrics=(QUERIES,))  # for the queries column and curves
     except ExperimentNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
     if df.empty:
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         tables, unmatched = with_reference(tables, df, args.paper)
     paths = write_report(df, out, formats=formats, tables=tables, curves=args.curves or ("labels",))
 
-    console = _console()
+    console = wide_console()
     for name, table in tables.items():
         if table.attrs["kind"] in ("average", "final", "efficiency", "reference"):
             console.print(rich_table(table))

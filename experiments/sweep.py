@@ -49,13 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    from rich.console import Console
-
+    from experiments.report import wide_console
     from orchestrator.config import ConfigError, load_config
 
-    console = Console(stderr=True)
-    if not console.is_terminal:  # a log file or a pipe: do not squeeze the tables to 80 columns
-        console = Console(stderr=True, width=200)
+    console = wide_console(stderr=True)
     overrides = list(args.overrides)
     for key, value in (("name", args.name), ("address", args.address), ("tracking.uri", args.tracking_uri),
                        ("workdir", args.workdir)):
@@ -116,12 +113,14 @@ def _check_report_section(config, console) -> None:
     """An unknown paper in `report:` fails now, not after an hour of trials (exit 2, as config errors do)."""
     from experiments.claims import CLAIMS
     from experiments.report import REFERENCES
-    from orchestrator.reporting.references import available_papers
+    from orchestrator.reporting.references import ReferenceError, load_reference
 
     errors = []
-    if config.report.paper and config.report.paper not in available_papers(REFERENCES):
-        errors.append(f"report.paper {config.report.paper!r} has no reference file in {REFERENCES}; known "
-                      f"papers: {', '.join(available_papers(REFERENCES))}")
+    if config.report.paper:
+        try:
+            load_reference(REFERENCES, config.report.paper)  # also reads the file: a broken one fails now
+        except ReferenceError as err:
+            errors.append(f"report.paper: {err}")
     unknown = sorted(set(config.report.claims) - set(CLAIMS)) if config.report.claims != "all" else []
     if unknown:
         errors.append(f"report.claims names {unknown}, which have no claims; papers with claims: "

@@ -203,14 +203,12 @@ class SweepConfig(BaseModel):
     @model_validator(mode="after")
     def _method_datasets(self):
         for method in self.methods:
-            unknown = sorted(set(method.datasets or ()) - set(self.datasets))
-            if method.datasets is not None and (unknown or not method.datasets):
-                raise ValueError(f"method {method.name!r} lists datasets {unknown or '[]'} that the sweep does not "
-                                 f"run; its `datasets:` must name some of {self.datasets}")
-            unknown = sorted(set(method.budgets or ()) - set(self.budgets))
-            if method.budgets is not None and (unknown or not method.budgets):
-                raise ValueError(f"method {method.name!r} lists budgets {unknown or '[]'} that the sweep does not "
-                                 f"define; its `budgets:` must name some of {sorted(self.budgets)}")
+            for kind, listed, known, verb in (("datasets", method.datasets, self.datasets, "run"),
+                                              ("budgets", method.budgets, sorted(self.budgets), "define")):
+                unknown = sorted(set(listed or ()) - set(known))
+                if listed is not None and (unknown or not listed):
+                    raise ValueError(f"method {method.name!r} lists {kind} {unknown or '[]'} that the sweep does not "
+                                     f"{verb}; its `{kind}:` must name some of {known}")
         names = [m.name for m in self.methods]
         if self.report.baseline is not None and self.report.baseline not in names:
             raise ValueError(f"report.baseline {self.report.baseline!r} is not a method of this sweep; its methods: "

@@ -23,17 +23,16 @@ import numpy as np
 
 from methods.adaptation.blackbox.valiant_multi import SHARED_VIPD_VERSION, PoolSource
 from methods.core.encoders import parse_encoder
-from methods.preparation import SHARED_PREPARATIONS, SHARED_VIPD
+from methods.preparation import SHARED_VIPD
 from methods.segmentation_codes import SEGMENTATION_CODES
 
 from .config import SweepConfig
 from .features import ensure_writable
-from .preparation import MANIFEST_VERSION, canonical_hash, load_prepared, write_prepared
+from .preparation import MANIFEST_VERSION, load_prepared, preparation_directory, write_prepared
 
 log = logging.getLogger(__name__)
 LEARNER = "vipd_multi"
-#: Shared steps are not per-dataset preparations: the per-dataset runner leaves them to this module.
-SHARED_STEPS = SHARED_PREPARATIONS
+SHARED_FOLDER = "_shared"  # under <cache>/prepared/, where a per-dataset step has its dataset's folder
 SEED = 0
 
 
@@ -109,8 +108,7 @@ def run_shared_preparations(config: SweepConfig, data: dict[str, dict], cache_ro
     spec = parse_encoder(config.encoder, config.precision)
     for request in shared_requests(config):
         key = _key(request, config, data)
-        directory = (Path(cache_root) / "prepared" / "_shared" / spec.key /
-                     f"{SHARED_VIPD}-v{SHARED_VIPD_VERSION}-{canonical_hash(key)}")
+        directory = preparation_directory(cache_root, spec, SHARED_VIPD, SHARED_VIPD_VERSION, key, SHARED_FOLDER)
         done = load_prepared(directory)
         if done is None:
             ensure_writable(directory)

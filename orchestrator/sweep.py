@@ -235,11 +235,11 @@ def _preparation_names(config: SweepConfig) -> list[str]:
 
     from .preparation import requested_names
 
-    from .shared_preparation import SHARED_STEPS
+    from methods.preparation import SHARED_PREPARATIONS  # computed across datasets (shared_preparation)
 
     registries = {"acquisition": ACQUISITIONS, "adaptation": ADAPTATIONS}
     plugins = [registries[kind].create(name, **opts) for m in config.methods for kind, name, opts in m.parts()]
-    return [n for n in requested_names({t for p in plugins for t in p.requires}) if n not in SHARED_STEPS]
+    return [n for n in requested_names({t for p in plugins for t in p.requires}) if n not in SHARED_PREPARATIONS]
 
 
 def _prepared(config: SweepConfig, names: list[str], dataset: str, cache: Path, pool, images) -> dict[str, dict]:
@@ -425,9 +425,10 @@ def _run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None =
 
 
 def trial_name(trial: dict) -> str:
-    """What MLflow calls the trial's run: method | dataset | budget | seed (config hash)."""
-    return (f"{trial['method']['name']} | {trial['dataset']} | {trial['budget_name']} | seed {trial['seed']} "
-            f"({trial['config_hash']})")
+    """The trial's MLflow run name with its config hash: method | dataset | budget | seed (hash)."""
+    from .tracking import run_name
+
+    return f"{run_name(trial)} ({trial['config_hash']})"
 
 
 def _storage_path(config: SweepConfig) -> Path:

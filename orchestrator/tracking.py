@@ -59,6 +59,11 @@ def model_roles(method: dict) -> dict[str, str]:
     return roles
 
 
+def run_name(trial: dict) -> str:
+    """What a person reads in MLflow's runs table: method | dataset | budget | seed."""
+    return f"{trial['method']['name']} | {trial['dataset']} | {trial['budget_name']} | seed {trial['seed']}"
+
+
 def trial_runs(client, experiment_id: str, page_size: int = 1000) -> list:
     """Every active trial run of an experiment, oldest first, following MLflow's pagination.
 
@@ -131,8 +136,7 @@ class TrialTracker:
                 "budget": trial["budget_name"], "seed": str(trial["seed"])}  # columns a person filters on
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
-        name = f"{trial['method']['name']} | {trial['dataset']} | {trial['budget_name']} | seed {trial['seed']}"
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=run_name(trial), tags=tags)
         run_id = run.info.run_id
         from mlflow.entities import Param
 

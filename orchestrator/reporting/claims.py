@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from orchestrator.reporting.stats import labels_to_reach, paired_test
-from orchestrator.reporting.tables import _scale
+from orchestrator.reporting.stats import labels_to_reach, mean_curves, paired_test
+from orchestrator.reporting.tables import QUERIES, _scale
 
 #: The verdicts a claim can get.
 HOLDS, FAILS, ABSENT = "holds", "does not hold", "not in this sweep"
@@ -110,31 +110,22 @@ def verdict_counts(rows: list[dict]) -> dict[str, int]:
     return {v: sum(r["result"] == v for r in rows) for v in (HOLDS, FAILS, ABSENT)}
 
 
-def seed_mean_curves(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, round): score (display units), labels spent and labels held, seed means averaged over
-    datasets."""
-    scaled = df.assign(v=df["value"].to_numpy(float) * df["metric_name"].map(_scale).to_numpy(float))
-    per_dataset = scaled.groupby(["method", "dataset", "round"]).agg(
-        mean=("v", "mean"), spent=("labels_spent", "mean"), total=("labels_total", "mean"))
-    return per_dataset.groupby(["method", "round"]).mean()
-
-
 def selective_savings(df: pd.DataFrame, with_sq: str, without_sq: str) -> list[dict]:
     """CB+SQ's claim, per round: labels each method paid for, the saving, both scores, and the labels the
     method without selective querying needs to reach the score with it (linear between rounds)."""
-    curves = seed_mean_curves(df)
-    present = set(curves.index.get_level_values("method"))
-    if not {with_sq, without_sq} <= present:
+    if not {with_sq, without_sq} <= set(df["method"]):
         return []
+    curves = mean_curves(df[df["method"].isin([with_sq, without_sq])], _scale)
     base = curves.loc[without_sq]
     rows = []
     for rnd in sorted(set(curves.loc[with_sq].index) - {0}):
         a, b = curves.loc[(with_sq, rnd)], curves.loc[(without_sq, rnd)]
-        need = labels_to_reach(base["spent"].to_numpy(), base["mean"].to_numpy(), a["mean"])
-        rows.append({"round": int(rnd), "labelled": int(a["total"]), "spent (SQ)": round(float(a["spent"]), 1),
-                     "spent (no SQ)": round(float(b["spent"]), 1),
-                     "saved %": round(100 * (1 - a["spent"] / b["spent"]), 1) if b["spent"] else 0.0,
-                     "score (SQ)": round(float(a["mean"]), 1), "score (no SQ)": round(float(b["mean"]), 1),
+        need = labels_to_reach(base["labels_spent"].to_numpy(), base["score"].to_numpy(), a["score"])
+        spent, spent_base = a["labels_spent"], b["labels_spent"]
+        rows.append({"round": int(rnd), "labelled": int(a["labels_total"]), "spent (SQ)": round(float(spent), 1),
+                     "spent (no SQ)": round(float(spent_base), 1),
+                     "saved %": round(100 * (1 - spent / spent_base), 1) if spent_base else 0.0,
+                     "score (SQ)": round(float(a["score"]), 1), "score (no SQ)": round(float(b["score"]), 1),
                      "no-SQ labels for the SQ score": "not reached" if math.isnan(need) else round(need, 1)})
     return rows
 
@@ -154,12 +145,12 @@ def mined_labels(df: pd.DataFrame) -> list[dict]:
 def queries_spent(df: pd.DataFrame) -> list[dict]:
     """Per method that queried the black box: queries spent by the last round (seed mean), and the score
     there; the others spent none and are left out."""
-    if "cost_blackbox_queries" not in df:
+    if QUERIES not in df:
         return []
-    last = df[df["round"] == df["round"].max()].fillna({"cost_blackbox_queries": 0.0})
-    last = last[last.groupby("method")["cost_blackbox_queries"].transform("max") > 0]
+    last = df[df["round"] == df["round"].max()].fillna({QUERIES: 0.0})
+    last = last[last.groupby("method")[QUERIES].transform("max") > 0]
     last = last.assign(v=last["value"].to_numpy(float) * last["metric_name"].map(_scale).to_numpy(float))
-    stats = last.groupby("method").agg(queries=("cost_blackbox_queries", "mean"), value=("v", "mean"))
+    stats = last.groupby("method").agg(queries=(QUERIES, "mean"), value=("v", "mean"))
     return [{"method": m, "queries": f"{row['queries']:,.0f}", "final": f"{row['value']:.1f}"}
             for m, row in stats.sort_values(["queries", "value"]).iterrows()]
 

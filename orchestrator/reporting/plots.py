@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-from orchestrator.reporting.tables import _dataset_metric, _scale
+from orchestrator.reporting.tables import QUERIES, _dataset_metric, _scale
 
 
 #: What a learning curve can be drawn against: the column of the trials frame and the axis label.
 X_AXES = {"labels": ("labels_spent", "labels spent"), "round": ("round", "round"),
-          "queries": ("cost_blackbox_queries", "black-box queries")}
+          "queries": (QUERIES, "black-box queries")}
 
 
 def curve_data(df: pd.DataFrame, dataset: str, budget: str, x: str = "labels") -> pd.DataFrame:
@@ -28,7 +28,7 @@ def curve_data(df: pd.DataFrame, dataset: str, budget: str, x: str = "labels") -
 
 def has_queries(df: pd.DataFrame) -> bool:
     """Whether some run counted black-box queries (then curves against them are worth drawing)."""
-    return "cost_blackbox_queries" in df and bool(df["cost_blackbox_queries"].notna().any())
+    return QUERIES in df and bool(df[QUERIES].notna().any())
 
 
 def plot_learning_curves(df: pd.DataFrame, dataset: str, x: str = "labels"):

@@ -105,13 +105,19 @@ def run_summaries(df: pd.DataFrame, scale) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def mean_curves(df: pd.DataFrame, scale) -> pd.DataFrame:
+    """Per (method, round): ``score`` (display units), ``labels_spent`` and, when logged, ``labels_total``,
+    averaged over seeds, then over datasets."""
+    columns = [c for c in ("labels_spent", "labels_total") if c in df]
+    scaled = df.assign(score=df["value"].to_numpy(float) * df["metric_name"].map(scale).to_numpy(float))
+    per_dataset = scaled.groupby(["method", "dataset", "round"])[columns + ["score"]].mean()
+    return per_dataset.groupby(["method", "round"]).mean()
+
+
 def mean_curve(df: pd.DataFrame, method: str, scale) -> tuple[np.ndarray, np.ndarray]:
     """A method's curve averaged over seeds, then datasets: (labels spent, score) per round."""
-    part = df[df["method"] == method]
-    scaled = part.assign(v=part["value"] * part["metric_name"].map(scale))
-    per_dataset = scaled.groupby(["dataset", "round"])[["labels_spent", "v"]].mean()
-    curve = per_dataset.groupby("round").mean()
-    return curve["labels_spent"].to_numpy(float), curve["v"].to_numpy(float)
+    curve = mean_curves(df[df["method"] == method], scale).loc[method]
+    return curve["labels_spent"].to_numpy(float), curve["score"].to_numpy(float)
 
 
 def efficiency(df: pd.DataFrame, scale, baseline: str | None = None) -> pd.DataFrame:

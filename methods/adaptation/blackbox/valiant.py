@@ -191,13 +191,20 @@ class VIPDSelector(Learner):
         codes = np.asarray(segmentation["codes"], np.float32)
         encoder = frozen_clip(ctx.encoder, ctx.precision, pick_device(ctx.device))
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        decoder = self._decoder(ctx, codes.shape[1], encoder.image_size, generator)
-        self._train(decoder, ctx, codes, encoder, segmentation, generator, rng)
+        decoder, shared_queries = self._fitted_decoder(ctx, codes, encoder, segmentation, generator, rng)
         scores = instability(decoder, ctx.images, codes, encoder, segmentation, float(self.sigma), generator)
-        return VIPDPredictor(**head, decoder=flat_parameters(decoder), pool_scores=scores)
+        return VIPDPredictor(**head, decoder=flat_parameters(decoder), pool_scores=scores,
+                             shared_queries=shared_queries)
 
-    def _decoder(self, ctx: AdaptContext, code_dim: int, image_size: int, generator):
-        feature_dim = int(np.asarray(ctx.text_features).shape[1])
+    def _fitted_decoder(self, ctx: AdaptContext, codes, encoder, segmentation, generator, rng):
+        """(decoder, queries it cost outside this trial): VALIANT_Single seeds and trains one on the trial's pool."""
+        decoder = self._decoder(int(np.asarray(ctx.text_features).shape[1]), codes.shape[1], encoder.image_size,
+                                generator)
+        self._train(decoder, ctx, codes, encoder, segmentation, generator, rng)
+        return decoder, 0.0
+
+    def _decoder(self, feature_dim: int, code_dim: int, image_size: int, generator):
+        """A seeded decoder reading an image feature (``feature_dim``) and its segmentation code (``code_dim``)."""
         decoder = build_decoder(feature_dim + code_dim, image_size, self.hidden, self.channels, float(self.epsilon))
         seeded_init(decoder, generator)
         return decoder
@@ -206,9 +213,13 @@ class VIPDSelector(Learner):
         """SPSA-GC on the unsupervised loss, one fresh pool batch (and δ) per step."""
 
         def batch_loss(rows):
-            batch = make_batch(ctx.images.pixels("pool", rows).float(), codes[rows], encoder, segmentation,
-                               float(self.sigma), generator)
-            return lambda: valiant_loss(decoder, batch, ctx.blackbox, encoder, self.lambdas, self.diversity)
+            return self._step_loss(decoder, ctx.images, codes, segmentation, ctx.blackbox, encoder, generator, rows)
 
         batches = row_batches(np.arange(ctx.images.size("pool")), self.batch_size, rng)
         train_by_spsa(decoder, self.spsa, self.steps, batches, batch_loss, generator)
+
+    def _step_loss(self, decoder, images, codes, segmentation, blackbox, encoder, generator, rows):
+        """One SPSA step's loss at the decoder's current weights, its batch (pixels, δ, codes) fixed here."""
+        batch = make_batch(images.pixels("pool", rows).float(), codes[rows], encoder, segmentation,
+                           float(self.sigma), generator)
+        return lambda: valiant_loss(decoder, batch, blackbox, encoder, self.lambdas, self.diversity)

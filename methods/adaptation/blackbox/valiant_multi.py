@@ -29,15 +29,15 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field
 
-from ...base import IMAGES, TEXT_FEATURES, AdaptContext, BlackBox, Predictor, TrainSet, prepared
+from ...base import IMAGES, TEXT_FEATURES, AdaptContext, BlackBox, prepared
 from ...core.devices import pick_device
 from ...core.spsa import flat_parameters, load_flat
 from ...preparation import SHARED_VIPD  # the decoder's flat weights and the queries it cost
 from ...registry import register_adaptation
 from ...segmentation_codes import SEGMENTATION_CODES
 from ..prompting.model import frozen_clip
-from .training import row_batches, train_by_spsa, zero_shot_head
-from .valiant import VIPDPredictor, VIPDSelector, instability, make_batch, valiant_loss
+from .training import row_batches, train_by_spsa
+from .valiant import VIPDSelector
 
 #: Bump when the shared training changes: cached decoders of the old computation are ignored.
 SHARED_VIPD_VERSION = 1
@@ -65,34 +65,20 @@ class SharedVIPDSelector(VIPDSelector):
             None, description="the datasets whose pools the shared decoder trains on (None: every dataset of the "
                               "sweep this method runs on); each trial of these datasets uses the same decoder")
 
-    def fit(self, train_set: TrainSet, ctx: AdaptContext, rng: np.random.Generator) -> Predictor:
-        head = zero_shot_head(ctx)
-        if isinstance(ctx.previous, VIPDPredictor):  # round 0 ranked the pool; later rounds reuse it
-            return VIPDPredictor(**head, decoder=ctx.previous.decoder, pool_scores=ctx.previous.pool_scores)
+    def _fitted_decoder(self, ctx: AdaptContext, codes, encoder, segmentation, generator, rng):
+        """The shared weights (trained before the sweep) in a decoder of this trial's shape, and their queries."""
         import torch
 
-        shared, segmentation = ctx.prepared[SHARED_VIPD], ctx.prepared[SEGMENTATION_CODES]
-        codes = np.asarray(segmentation["codes"], np.float32)
-        encoder = frozen_clip(ctx.encoder, ctx.precision, pick_device(ctx.device))
-        generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        shared = ctx.prepared[SHARED_VIPD]
         decoder = self._decoder(int(np.asarray(ctx.text_features).shape[1]), codes.shape[1], encoder.image_size,
-                                torch.Generator().manual_seed(0))  # a shell for the shared weights
+                                torch.Generator().manual_seed(0))  # a shell: its initial weights are replaced
         weights = np.asarray(shared["decoder"], np.float32)
         if weights.size != flat_parameters(decoder).size:
             raise ValueError(f"vipd_multi: the shared decoder has {weights.size} weights but this trial's decoder "
                              f"{flat_parameters(decoder).size}; the datasets of one union must share the encoder "
                              "and the segmentation code size")
         load_flat(decoder, weights)
-        scores = instability(decoder, ctx.images, codes, encoder, segmentation, float(self.sigma), generator)
-        return VIPDPredictor(**head, decoder=weights, pool_scores=scores,
-                             shared_queries=float(np.asarray(shared["queries"]).sum()))
-
-    def _decoder(self, feature_dim: int, code_dim: int, image_size: int, generator):
-        from .decoder import build_decoder, seeded_init
-
-        decoder = build_decoder(feature_dim + code_dim, image_size, self.hidden, self.channels, float(self.epsilon))
-        seeded_init(decoder, generator)
-        return decoder
+        return decoder, float(np.asarray(shared["queries"]).sum())
 
     def train_shared(self, sources: list[PoolSource], encoder_name: str, precision: str, feature_dim: int,
                      seed: int = 0, device: str | None = None) -> dict[str, np.ndarray]:
@@ -114,6 +100,7 @@ class SharedVIPDSelector(VIPDSelector):
         decoder = self._decoder(feature_dim, code_dims.pop(), encoder.image_size, generator)
         sizes = np.array([s.images.size("pool") for s in sources], np.int64)
         per_pool = [row_batches(np.arange(n), self.batch_size, rng) for n in sizes]
+        codes = [np.asarray(s.segmentation["codes"], np.float32) for s in sources]
 
         def batches():
             while True:
@@ -123,10 +110,8 @@ class SharedVIPDSelector(VIPDSelector):
         def batch_loss(item):
             i, rows = item
             source = sources[i]
-            codes = np.asarray(source.segmentation["codes"], np.float32)[rows]
-            batch = make_batch(source.images.pixels("pool", rows).float(), codes, encoder, source.segmentation,
-                               float(self.sigma), generator)
-            return lambda: valiant_loss(decoder, batch, source.blackbox, encoder, self.lambdas, self.diversity)
+            return self._step_loss(decoder, source.images, codes[i], source.segmentation, source.blackbox, encoder,
+                                   generator, rows)
 
         train_by_spsa(decoder, self.spsa, self.steps, batches(), batch_loss, generator)
         return {"decoder": flat_parameters(decoder), "pool_sizes": sizes,
