@@ -72,26 +72,33 @@ def main(argv: list[str] | None = None) -> dict:
     from orchestrator.budget import BudgetError
     from orchestrator.sweep import run_sweep
     from orchestrator.ray_runtime import RayAddressError
+    from orchestrator.shared_storage import SharedStorageError
     from orchestrator.tracking_access import TrackingAccessError
     from orchestrator.workdir_lock import WorkdirLockedError
 
     try:
         outcome = run_sweep(config, console)
-    except (BudgetError, ValueError, KeyError, WorkdirLockedError, TrackingAccessError, RayAddressError) as exc:
+    except (BudgetError, ValueError, KeyError, WorkdirLockedError, TrackingAccessError, RayAddressError,
+            SharedStorageError) as exc:
         console.print(f"[red]error: {exc.args[0] if exc.args else exc}[/red]")
         raise SystemExit(2) from None
     summary = {"experiment": outcome.experiment, "tracking_uri": outcome.tracking_uri, "trials": outcome.trials,
                "skipped_finished": outcome.skipped, "resumed": outcome.resumed, "failed": len(outcome.failed),
-               "failed_trials": list(outcome.failed),
+               "failed_trials": list(outcome.failed), "tracking_outages": outcome.tracking_outages,
+               "unlogged_calls": outcome.unlogged,
                "seconds": round(outcome.seconds, 1), "embed_seconds": round(outcome.embed_seconds, 1)}
-    if not args.no_report:
+    if not args.no_report and not outcome.unlogged:
         summary["report"] = _report(outcome, config, console)
     store = outcome.tracking_uri
     console.print(f"\nMLflow UI:  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000")
     print(json.dumps(summary))
+    if outcome.unlogged:
+        console.print(f"[red]{outcome.unlogged} tracking call(s) never reached MLflow at {store}; every round is in "
+                      "the trial store: run the same command again once the server answers, and it logs them[/red]")
     if outcome.failed:
         console.print(f"[red]{len(outcome.failed)} trial(s) failed; their errors are in MLflow "
                       "(tag alvlm.error) and in the Ray results folder[/red]")
+    if outcome.failed or outcome.unlogged:
         raise SystemExit(1)
     return summary
 

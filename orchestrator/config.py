@@ -111,6 +111,8 @@ class Tracking(BaseModel):
 
     uri: str | None = None  # default: sqlite:///<workdir>/mlflow.db
     experiment: str | None = None  # default: the sweep name
+    wait_seconds: float = Field(300.0, ge=0, description="how long the end of a sweep waits for a tracking server "
+                                "that stopped answering before it gives up (the next run logs what is left)")
 
 
 class BlackBoxConfig(BaseModel):

@@ -39,6 +39,8 @@ class SweepOutcome:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     mlflow_log_seconds: list[float] = field(default_factory=list)
+    unlogged: int = 0  # tracking calls the server never took (their rounds are in the trial store)
+    tracking_outages: int = 0
 
 
 def metric_for(card) -> str:
@@ -218,14 +220,14 @@ def start_blackbox_server(config: SweepConfig) -> str | None:
     return serve_blackboxes(specs, config.blackbox.port)
 
 
-def _log_served_queries(tracker, parent: str, url: str, datasets: list[str]) -> None:
+def _log_served_queries(queue, parent: str, url: str, datasets: list[str]) -> None:
     """The server's own query counts, on the sweep's parent run (``served_queries/<dataset>``); then stop it."""
     from methods.core.blackbox import served_queries
 
     from .serving import stop_blackboxes
 
     for dataset in datasets:
-        tracker.client.log_metric(parent, f"served_queries/{dataset}", served_queries(url, dataset))
+        queue.call("log_sweep_metric", parent, f"served_queries/{dataset}", served_queries(url, dataset))
     stop_blackboxes(datasets)
 
 
@@ -360,9 +362,11 @@ def _run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None =
     from ray import tune
 
     from .ray_runtime import ensure_ray
+    from .shared_storage import check_shared_paths
     from .shared_preparation import run_shared_preparations
     from .tracking_access import check_tracking_server
     from .tracking import MLflowTuneCallback, ProgressCallback, TrialTracker
+    from .tracking_outage import fail_fast
 
     t0 = time.time()
     workdir = config.workdir_path
@@ -371,6 +375,9 @@ def _run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None =
     attributes = sweep_attributes(config)  # so does a missing attribute file
     check_tracking_server(config.tracking_uri)  # so does an unreachable MLflow server or a wrong password
     ensure_ray(config.address)
+    nodes = check_shared_paths({"trial store": workdir / "trials", "Tune storage path": _storage_path(config)})
+    if nodes > 1:
+        _say(console, f"trial store and Tune storage path are shared and writable on all {nodes} nodes")
     served = start_blackbox_server(config)
     if served:
         _say(console, f"black box served with Ray Serve at {served}/<dataset>")
@@ -384,6 +391,7 @@ def _run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None =
     for trial in trials:
         trial["metric"] = data[trial["dataset"]]["metric"]
         build_run(trial, {**data[trial["dataset"]]}, remote=False)  # budget vs pool checks, before Tune starts
+    fail_fast()  # a dead tracking server costs a queued call, not minutes of MLflow's retries
     tracker = TrialTracker(config.tracking_uri, config.experiment)
     parent = tracker.start_sweep(config.name, config.model_dump(mode="json"))
     store = TrialStore(workdir / "trials")
@@ -391,7 +399,7 @@ def _run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None =
     pending = [t for t in trials if t["config_hash"] not in finished]
     _say(console, f"{len(trials)} trials: {len(finished)} already finished, {len(resumable)} to resume, "
                   f"{len(pending) - len(resumable)} new")
-    callback = MLflowTuneCallback(tracker, parent)
+    callback = MLflowTuneCallback(tracker, parent, say=lambda text: _say(console, text))
     failed: list[str] = []
     if pending:
         # Rounds still to report: all of them (round 0 included) for a new trial, the rest for a resumed one.
@@ -418,10 +426,14 @@ def _run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None =
         grid = tuner.fit()
         failed = [trial_name(r.config["trial"]) for r in grid if r.error is not None]
     if served:
-        _log_served_queries(tracker, parent, served, config.datasets)
-    tracker.client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
+        _log_served_queries(callback.queue, parent, served, config.datasets)
+    callback.queue.call("end_sweep", parent, "FAILED" if failed else "FINISHED")
+    if not callback.queue.drain_within(config.tracking.wait_seconds):
+        _say(console, f"[red]MLflow did not answer for {config.tracking.wait_seconds:.0f} s; "
+                      f"{len(callback.queue.pending)} call(s) not logged[/red]")
     return SweepOutcome(config.experiment, config.tracking_uri, parent, len(trials), len(finished),
-                        len(resumable), failed, time.time() - t0, embed_seconds, callback.log_seconds)
+                        len(resumable), failed, time.time() - t0, embed_seconds, callback.log_seconds,
+                        unlogged=len(callback.queue.pending), tracking_outages=callback.queue.outages)
 
 
 def trial_name(trial: dict) -> str:

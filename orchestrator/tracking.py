@@ -103,6 +103,15 @@ class TrialTracker:
         if exp is None or exp.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
             # MLflow 3 opens an untagged experiment on its GenAI traces page; this tag opens the runs table.
             self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read every trial run from the server: what it holds, not what this process believes it sent.
+
+        Called at start-up and after a tracking-server outage, where a call may have been committed but its
+        answer lost: the retry then finds the run (no second run for one trial) and its last round (no round
+        logged twice).
+        """
         self._runs: dict[str, str] = {}
         self._last_round: dict[str, int] = {}
         self._status: dict[str, str] = {}
@@ -118,6 +127,12 @@ class TrialTracker:
                                      tags={ROLE: "sweep", "alvlm.sweep": name})
         self.client.log_dict(run.info.run_id, config, "sweep-config.json")
         return run.info.run_id
+
+    def log_sweep_metric(self, run_id: str, key: str, value: float) -> None:
+        self.client.log_metric(run_id, key, value)
+
+    def end_sweep(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
 
     def finished(self, config_hash: str) -> bool:
         return self._status.get(config_hash) == "FINISHED"
@@ -186,28 +201,35 @@ def priced(metrics: dict, trial: dict) -> dict:
 
 
 class MLflowTuneCallback(Callback):
-    """Bridges Tune's driver-side events to :class:`TrialTracker`."""
+    """Bridges Tune's driver-side events to :class:`TrialTracker`, through an :class:`OutageQueue`.
 
-    def __init__(self, tracker: TrialTracker, parent_run_id: str):
+    A tracking server that goes away mid-sweep stops no trial: its calls wait in the queue, in order, and
+    are replayed when it answers again (see :mod:`.tracking_outage`).
+    """
+
+    def __init__(self, tracker: TrialTracker, parent_run_id: str, say=None):
+        from .tracking_outage import OutageQueue
+
         self.tracker = tracker
         self.parent_run_id = parent_run_id
+        self.queue = OutageQueue(tracker, say=say)
         self.log_seconds: list[float] = []
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.tracker.run_for(trial.config["trial"], self.parent_run_id)
+        self.queue.call("run_for", trial.config["trial"], self.parent_run_id)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "al" not in result:
             return
         t0 = time.perf_counter()
-        self.tracker.log_round(trial.config["trial"], result["al"], result.get("queried"), self.parent_run_id)
+        self.queue.call("log_round", trial.config["trial"], result["al"], result.get("queried"), self.parent_run_id)
         self.log_seconds.append(time.perf_counter() - t0)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.tracker.finish(trial.config["trial"])
+        self.queue.call("finish", trial.config["trial"])
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracker.fail(trial.config["trial"], _error_text(trial), self.parent_run_id)
+        self.queue.call("fail", trial.config["trial"], _error_text(trial), self.parent_run_id)
 
 
 class ProgressCallback(Callback):

@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster on this machine (a head with no CPUs and two worker nodes, each its own raylet
-and object store, from Ray's own `ray.cluster_utils.Cluster`): the sweep joins it with `--address` as on a
-cloud cluster, a worker node is SIGKILLed mid-sweep, its trial is retried on the other node from its last
-finished round, and the per-round metrics equal a single-node run's, with no MLflow run duplicated or lost."""
+and object store, from Ray's own `ray.cluster_utils.Cluster`): a sweep joining with `--address` as on a cloud cluster survives a worker node SIGKILLed mid-sweep (its trial
+is retried on the other node from its last finished round, the per-round metrics equal a single-node run's,
+and no MLflow run is duplicated or lost); a storage path a node cannot write is refused before any trial."""
 
 import json
 import os
@@ -16,16 +16,25 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
-STORE = 150 * 2**20  # object store per node: the pools are small
 
 
-def _config(tmp_path, cache, name: str) -> dict:
+@pytest.fixture(scope="module")
+def cluster():
+    """Head (no CPUs, dashboard on 127.0.0.1 for the Jobs API) and two 1-CPU worker nodes, shared by the module."""
+    from orchestrator.rehearsal import local_cluster
+
+    started = local_cluster(workers=2, dashboard=True)
+    yield started
+    started.shutdown()
+
+
+def _config(tmp_path, cache, name: str, **extra) -> dict:
     return {"name": "multinode", "datasets": ["synth-shapes"],
             "dataset_options": {"synth-shapes": {"sizes": {"train": 300, "test": 100}}},
             "methods": ["random+linear_probe", "entropy+linear_probe"],
             "budgets": {"b1": {"kind": "per_class", "multiple": 1}}, "seeds": [0, 1], "rounds": 4,
             "workdir": str(tmp_path / name), "cache": str(cache), "retries": 2,
-            "resources": {"cpu": 0.5, "driver_cpu": 0.1}}
+            "resources": {"cpu": 0.5, "driver_cpu": 0.1}, **extra}
 
 
 def _metrics(uri: str) -> tuple[dict, int]:
@@ -48,27 +57,36 @@ def _wait_for_states(trials_dir, count: int, proc, limit: float = 300) -> None:
     raise AssertionError("no trial wrote a round state in time")
 
 
-def test_a_worker_node_killed_mid_sweep_loses_nothing(ray_cluster, tmp_path, session_cache):
-    from ray.cluster_utils import Cluster
+def test_a_storage_path_a_node_cannot_write_is_refused_within_seconds(cluster, tmp_path, session_cache):
+    (tmp_path / "not-a-mount").write_text("a file where the shared directory should be")
+    path = _write(tmp_path, _config(tmp_path, session_cache, "unwritable"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ALVLM_STORAGE_PATH": str(tmp_path / "not-a-mount" / "ray_results")}
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "experiments/sweep.py", str(path), "--address", cluster.address,
+                          "--no-report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    message = " ".join(out.stderr.split())
+    assert out.returncode == 2 and "cannot write the Tune storage path" in message, message[-2000:]
+    assert time.time() - t0 < 60
+    assert not list((tmp_path / "unwritable" / "trials").glob("*/round-state.npz"))  # no trial ran
 
+
+def test_a_worker_node_killed_mid_sweep_loses_nothing(cluster, tmp_path, session_cache):
+    """Runs last in the module: it kills one of the fixture's workers (and adds a fresh one back)."""
     from orchestrator.config import load_config
+    from orchestrator.rehearsal import add_worker
     from orchestrator.sweep import run_sweep
 
     cfg = _config(tmp_path, session_cache, "multi")
     (tmp_path / "multi.yaml").write_text(yaml.safe_dump(cfg))
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "object_store_memory": STORE})
-    try:
-        workers = [cluster.add_node(num_cpus=1, object_store_memory=STORE) for _ in range(2)]
-        cluster.wait_for_nodes()
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "ALVLM_STORAGE_PATH": str(tmp_path / "shared" / "ray_results")}
-        proc = subprocess.Popen([sys.executable, "experiments/sweep.py", str(tmp_path / "multi.yaml"), "--address",
-                                 cluster.address, "--no-report"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)
-        _wait_for_states(tmp_path / "multi" / "trials", 2, proc)
-        cluster.remove_node(workers[0], allow_graceful=False)  # SIGKILL of its raylet and workers
-        out, _ = proc.communicate(timeout=600)
-    finally:
-        cluster.shutdown()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ALVLM_STORAGE_PATH": str(tmp_path / "shared" / "ray_results")}
+    proc = subprocess.Popen([sys.executable, "experiments/sweep.py", str(tmp_path / "multi.yaml"), "--address",
+                             cluster.address, "--no-report"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    _wait_for_states(tmp_path / "multi" / "trials", 2, proc)
+    victim = next(node for node in cluster.worker_nodes)
+    cluster.remove_node(victim, allow_graceful=False)  # SIGKILL of its raylet and workers
+    out, _ = proc.communicate(timeout=600)
+    add_worker(cluster)  # the spot instance comes back, for whatever runs next
     assert proc.returncode == 0
     summary = json.loads(next(line for line in reversed(out.splitlines()) if line.startswith('{"experiment"')))
     assert summary["trials"] == 4 and summary["failed_trials"] == []

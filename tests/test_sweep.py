@@ -161,12 +161,12 @@ def test_sigkilled_sweep_resumes_to_identical_metrics_without_duplicates(tmp_pat
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # the papers' methods (CEC's weighted k-means, CB+SQ's free pseudo labels) must resume exactly too
     base = dict(datasets=["synth-shapes"], methods=["cec+linear_probe", "cbsq+linear_probe"],
-                seeds=[0, 1, 2], rounds=3, max_concurrent=1)
+                seeds=[0, 1], rounds=3, max_concurrent=1)
     killed_cfg = _config(tmp_path, session_cache, name="killed", **base)
     command = [sys.executable, "experiments/sweep.py", str(killed_cfg), "--no-report"]
     trials_dir = tmp_path / "killed" / "trials"
     kill_after_states(command, env, trials_dir, 2)
-    assert len(list(trials_dir.glob("*/round-state.npz"))) < 6, "the sweep finished before it could be killed"
+    assert len(list(trials_dir.glob("*/round-state.npz"))) < 4, "the sweep finished before it could be killed"
 
     subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
     reference_cfg = _config(tmp_path, session_cache, name="uninterrupted", **base)
@@ -175,7 +175,7 @@ def test_sigkilled_sweep_resumes_to_identical_metrics_without_duplicates(tmp_pat
 
     killed, killed_runs = _metrics_by_hash(f"sqlite:///{tmp_path / 'killed' / 'mlflow.db'}", "killed")
     reference, _ = _metrics_by_hash(f"sqlite:///{tmp_path / 'uninterrupted' / 'mlflow.db'}", "uninterrupted")
-    assert len(killed_runs) == 6 and {r.info.status for r in killed_runs} == {"FINISHED"}
+    assert len(killed_runs) == 4 and {r.info.status for r in killed_runs} == {"FINISHED"}
     assert killed.keys() == reference.keys()
     for h in reference:
         np.testing.assert_equal(killed[h], reference[h])

@@ -3,8 +3,6 @@ credentials are refused, a wrong password or an unreachable server stops the swe
 and a sweep with the credentials in its environment logs every trial through the server."""
 
 import os
-import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -13,46 +11,17 @@ import urllib.request
 
 import pytest
 
+from orchestrator.rehearsal import MlflowServer, free_port as _free_port
 from orchestrator.tracking_access import PROBE, TrackingAccessError, check_tracking_server
 
 USER = "alvlm-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The authenticated server on 127.0.0.1; yields (uri, password). Credentials live in env and a 0600 file."""
-    root = tmp_path_factory.mktemp("mlflow-auth")
-    password = secrets.token_urlsafe(16)
-    ini = root / "auth.ini"
-    ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{root}/auth.db\n"
-                   f"admin_username = {USER}\nadmin_password = {password}\n"
-                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    ini.chmod(0o600)
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth", "--host",
-                             "127.0.0.1", "--port", str(port), "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-                             "--artifacts-destination", str(root / "artifacts")],
-                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(uri + "/health", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None, "mlflow server exited at start-up"
-                time.sleep(0.5)
-        yield uri, password
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with MlflowServer(tmp_path_factory.mktemp("mlflow-auth"), user=USER) as mlflow_server:
+        yield mlflow_server.uri, mlflow_server.password
 
 
 def test_a_request_without_credentials_is_refused(server):

@@ -1,0 +1,106 @@
+"""The cloud cluster's services as local processes: rehearse a cluster sweep (and its faults) on one machine.
+
+``cluster.yaml`` gives a head node an authenticated MLflow server on 127.0.0.1 and workers that come and
+go. Here the same parts are real processes on this machine: :class:`MlflowServer` is ``mlflow server
+--app-name basic-auth`` on a SQLite backend, restartable on the same port and store (so an outage can be
+staged), and :func:`local_cluster` is Ray's own multi-node ``Cluster``: a head with no CPUs and worker
+raylets, each with its own object store. The tests and ``benchmarks/chaos.py`` use both.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+OBJECT_STORE = 150 * 2**20  # per node: the rehearsal pools are small
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """``mlflow server --app-name basic-auth`` bound to 127.0.0.1; the admin password lives in a 0600 file and
+    in :attr:`credentials` (for a driver's environment), never on a command line.
+
+    ``auth=False`` serves without the auth app: each authenticated request pays a password-hash check, which
+    on two busy cores is most of a request's time, so tests about something other than auth run without it.
+    """
+
+    def __init__(self, root: str | Path, user: str = "alvlm", port: int | None = None, auth: bool = True):
+        self.auth = auth
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.user, self.password = user, secrets.token_urlsafe(16)
+        self.port = port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.ini = self.root / "auth.ini"
+        self.ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{self.root}/auth.db\n"
+                            f"admin_username = {user}\nadmin_password = {self.password}\n"
+                            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        self.ini.chmod(0o600)
+        self.secret = secrets.token_hex(16)
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_USERNAME": self.user, "MLFLOW_TRACKING_PASSWORD": self.password} if self.auth else {}
+
+    def start(self, timeout: float = 90) -> "MlflowServer":
+        env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(self.ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": self.secret}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", *(["--app-name", "basic-auth"] if self.auth else []),
+             "--host", "127.0.0.1", "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db", "--artifacts-destination",
+             str(self.root / "artifacts")],
+            cwd=self.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.uri + "/health", timeout=2)
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mlflow server exited at start-up (code {self.proc.returncode})") from None
+                time.sleep(0.3)
+        self.kill()
+        raise RuntimeError(f"mlflow server did not answer at {self.uri} within {timeout:.0f} s")
+
+    def kill(self) -> None:
+        """SIGKILL the server and its gunicorn/uvicorn workers (an outage, not a shutdown)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def __enter__(self) -> "MlflowServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
+
+
+def local_cluster(workers: int = 2, worker_cpus: float = 1, dashboard: bool = False):
+    """A head with no CPUs (so every trial lands on a worker) and ``workers`` worker raylets, all started."""
+    from ray.cluster_utils import Cluster
+
+    head = {"num_cpus": 0, "object_store_memory": OBJECT_STORE}
+    if dashboard:
+        head.update(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port())
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)
+    for _ in range(workers):
+        add_worker(cluster, worker_cpus)
+    cluster.wait_for_nodes()
+    return cluster
+
+
+def add_worker(cluster, cpus: float = 1):
+    return cluster.add_node(num_cpus=cpus, object_store_memory=OBJECT_STORE)
