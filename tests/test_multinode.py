@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster on this machine (a head with no CPUs and two worker nodes, each its own raylet
 and object store, from Ray's own `ray.cluster_utils.Cluster`): a sweep joining with `--address` as on a cloud
-cluster survives a worker node SIGKILLed mid-sweep (its trial is retried on the other node from its last finished round, the per-round metrics equal a single-node run's,
-and no MLflow run is duplicated or lost); a storage path a node cannot write is refused before any trial."""
+cluster survives a worker node SIGKILLed mid-sweep (its trial is retried on the other node from its last finished
+round, the per-round metrics equal a single-node run's, and no MLflow run is duplicated or lost); a storage path a node cannot write is refused before any trial."""
 
 import json
 import os
