@@ -25,7 +25,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
             check_reachable(address)
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+            # "local", not None: ray.init() would otherwise join whatever cluster this machine last started
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
     ctx = DataContext.get_current()
     if quiet:
         ctx.enable_progress_bars = False

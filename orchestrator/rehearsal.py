@@ -4,17 +4,20 @@
 go. Here the same parts are real processes on this machine: :class:`MlflowServer` is ``mlflow server
 --app-name basic-auth`` on a SQLite backend, restartable on the same port and store (so an outage can be
 staged), and :func:`local_cluster` is Ray's own multi-node ``Cluster``: a head with no CPUs and worker
-raylets, each with its own object store. The tests and ``benchmarks/chaos.py`` use both.
+raylets, each with its own object store and its own temp directory. The tests and ``benchmarks/chaos.py`` use both.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -103,4 +106,12 @@ def local_cluster(workers: int = 2, worker_cpus: float = 1, dashboard: bool = Fa
 
 
 def add_worker(cluster, cpus: float = 1):
-    return cluster.add_node(num_cpus=cpus, object_store_memory=OBJECT_STORE)
+    """A worker raylet with a temp directory of its own, as a real node has its own disk.
+
+    On a shared temp directory every node unpacks a job's ``--working-dir`` into the same folder, each
+    replacing the last, so a ``ray job submit`` driver lost its current directory as soon as a task ran on a
+    worker (and torch then failed to load inside it).
+    """
+    temp_dir = tempfile.mkdtemp(prefix="alvlm-node-")
+    atexit.register(shutil.rmtree, temp_dir, ignore_errors=True)
+    return cluster.add_node(num_cpus=cpus, object_store_memory=OBJECT_STORE, temp_dir=temp_dir)

@@ -5,14 +5,19 @@ from whichever worker they run on; the driver reads both back to resume. On a cl
 be one shared file system (``/mnt/shared`` in ``cluster.yaml``). A path that is node-local, read-only or
 unmounted on some worker would otherwise surface as trials failing one by one, or worse, as a resume that
 silently starts over. The check writes a marker from the driver, then asks one zero-CPU task pinned to
-each alive node to find that marker and to write a file of its own, and names every node that cannot.
+each alive node to find that marker and to write a file of its own, and names every node that cannot. A node
+that leaves the cluster under the check (a spot worker reclaimed) is skipped with a warning: no trial will run
+there, and refusing the sweep would blame the file system for it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 30.0
 FIX = ("mount the same shared file system at that path on every node (cluster.yaml mounts EFS at /mnt/shared), or "
@@ -68,7 +73,10 @@ def _probe_nodes(nodes: list[dict], paths: dict[str, str], token: str, timeout: 
         node = refs[ref]["NodeManagerAddress"]
         try:
             problems += [f"node {node}: {p}" for p in ray.get(ref)]
-        except Exception as exc:  # noqa: BLE001 - a node that died under the probe is a finding too
+        except (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError):
+            log.warning("node %s (%s) left the cluster during the storage check; no trial will run there",
+                        node, refs[ref]["NodeID"][:8])
+        except Exception as exc:  # noqa: BLE001 - a probe that crashed on a live node is a finding
             problems.append(f"node {node}: the storage check failed ({type(exc).__name__}: {exc})")
     for ref in late:
         ray.cancel(ref, force=True)

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 from pathlib import Path
 
 # Local test clusters run without Ray's token auth; real clusters keep it on.
@@ -13,6 +14,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pytest  # noqa: E402
+
+
+def wait_until(condition, limit: float, what: str, proc=None) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` when ``limit`` seconds pass, or at once when the
+    subprocess ``proc`` that should bring it about has exited (a fault test must not wait for a dead sweep)."""
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        if condition():
+            return
+        assert proc is None or proc.poll() is None, f"the sweep ended before {what}"
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {limit:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="session")

@@ -214,16 +214,16 @@ def test_file_plugins_run_in_a_real_sweep_and_resume_in_a_fresh_process(tmp_path
                     "@register_adaptation('boom')\nclass Boom(Learner):\n"
                     "    def fit(self, train, ctx, rng):\n        raise RuntimeError('boom')\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cfg = _write(tmp_path, "plug", plugins=[plugin_file, str(boom)], seeds=[0, 1], max_concurrent=1,
+    cfg = _write(tmp_path, "plug", plugins=[plugin_file, str(boom)], seeds=[0], max_concurrent=1,
                  cache=str(session_cache),
                  methods=["test_miner+test_centroids", "test_needs_clean+test_attr_centroids", "random+boom"])
     command = [sys.executable, "experiments/sweep.py", str(cfg), "--no-report"]
     kill_after_states(command, env, tmp_path / "plug" / "trials", 2)
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 1 and '"failed": 2' in done.stdout, done.stderr[-3000:]
+    assert done.returncode == 1 and '"failed": 1' in done.stdout, done.stderr[-3000:]
     client, runs, _ = _trial_runs(f"sqlite:///{tmp_path / 'plug' / 'mlflow.db'}", "plug")
     finished = [r for r in runs if r.info.status == "FINISHED"]
-    assert len(finished) == 4 and {r.data.params["adaptation"] for r in runs if r not in finished} == {"boom"}
+    assert len(finished) == 2 and {r.data.params["adaptation"] for r in runs if r not in finished} == {"boom"}
     assert len(list(session_cache.glob("prepared/synth-shapes/*/attribute_embeddings-*/manifest.json"))) == 1
 
     def history(run, key):
@@ -231,7 +231,7 @@ def test_file_plugins_run_in_a_real_sweep_and_resume_in_a_fresh_process(tmp_path
 
     assert all([s for s, _ in history(r, "top1")] == [0, 1, 2] for r in finished)  # every round once
     miners = [r for r in finished if r.data.params["acquisition"] == "test_miner"]
-    assert len(miners) == 2
+    assert len(miners) == 1
     for run in miners:
         assert history(run, "labels_mined") == [(1, 5.0), (2, 5.0)]
         assert history(run, "labels_bootstrap") == [(0, 4.0)]

@@ -8,12 +8,13 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -46,16 +47,6 @@ def _metrics(uri: str) -> tuple[dict, int]:
             for r in runs}, len(runs)
 
 
-def _wait_for_states(trials_dir, count: int, proc, limit: float = 300) -> None:
-    """Until ``count`` trials have written a round state (so trials are running on both workers)."""
-    t0 = time.time()
-    while time.time() - t0 < limit:
-        assert proc.poll() is None, "the sweep ended before the fault could be injected"
-        if trials_dir.exists() and len(list(trials_dir.glob("*/round-state.npz"))) >= count:
-            return
-        time.sleep(0.25)
-    raise AssertionError("no trial wrote a round state in time")
-
 
 def test_a_storage_path_a_node_cannot_write_is_refused_within_seconds(cluster, tmp_path, session_cache):
     (tmp_path / "not-a-mount").write_text("a file where the shared directory should be")
@@ -70,6 +61,34 @@ def test_a_storage_path_a_node_cannot_write_is_refused_within_seconds(cluster, t
     assert not list((tmp_path / "unwritable" / "trials").glob("*/round-state.npz"))  # no trial ran
 
 
+def test_a_sweep_submitted_through_the_jobs_api_runs_on_the_workers(cluster, tmp_path, session_cache):
+    """``ray job submit`` as the README has it: the repository uploaded as the working directory, the storage path
+    passed in the runtime environment, the entrypoint joining the cluster with ``--address auto``."""
+    path = _write(tmp_path, _config(tmp_path, session_cache, "submitted", methods=["random+linear_probe"], rounds=2))
+    runtime_env = {"env_vars": {"ALVLM_STORAGE_PATH": str(tmp_path / "shared" / "ray_results"),
+                                "RAY_AUTH_MODE": "disabled"}}
+    submit = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", f"http://{cluster.webui_url}",
+              "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
+              sys.executable, "experiments/sweep.py", str(path), "--address", "auto", "--no-report"]
+    out = _submit(submit)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    summary = json.loads(next(line for line in reversed(out.stdout.splitlines()) if line.startswith('{"experiment"')))
+    assert summary["trials"] == 2 and summary["failed_trials"] == []
+    _, runs = _metrics(f"sqlite:///{tmp_path}/submitted/mlflow.db")
+    assert runs == 2
+
+
+def _submit(command: list[str], limit: float = 60):
+    """``ray job submit``, retried while the head's dashboard agent is still coming up (it refuses submissions
+    with "No available agent" for a few seconds after the head starts)."""
+    deadline = time.time() + limit
+    while True:
+        out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in out.stdout + out.stderr or time.time() > deadline:
+            return out
+        time.sleep(2)
+
+
 def test_a_worker_node_killed_mid_sweep_loses_nothing(cluster, tmp_path, session_cache):
     """Runs last in the module: it kills one of the fixture's workers (and adds a fresh one back)."""
     from orchestrator.config import load_config
@@ -82,7 +101,8 @@ def test_a_worker_node_killed_mid_sweep_loses_nothing(cluster, tmp_path, session
     proc = subprocess.Popen([sys.executable, "experiments/sweep.py", str(tmp_path / "multi.yaml"), "--address",
                              cluster.address, "--no-report"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
-    _wait_for_states(tmp_path / "multi" / "trials", 2, proc)
+    states = tmp_path / "multi" / "trials"
+    wait_until(lambda: len(list(states.glob("*/round-state.npz"))) >= 2, 300, "trials ran on both workers", proc)
     victim = next(node for node in cluster.worker_nodes)
     cluster.remove_node(victim, allow_graceful=False)  # SIGKILL of its raylet and workers
     out, _ = proc.communicate(timeout=600)

@@ -157,7 +157,10 @@ def kill_after_states(command: list[str], env: dict, trials_dir, states: int, li
     proc.wait()
 
 
-def test_sigkilled_sweep_resumes_to_identical_metrics_without_duplicates(tmp_path, session_cache):
+def test_sigkilled_sweep_resumes_to_identical_metrics_without_duplicates(ray_cluster, tmp_path, session_cache):
+    """Killed and resumed through the CLI, as a user would; the uninterrupted reference runs in-process."""
+    from orchestrator.sweep import run_sweep
+
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # the papers' methods (CEC's weighted k-means, CB+SQ's free pseudo labels) must resume exactly too
     base = dict(datasets=["synth-shapes"], methods=["cec+linear_probe", "cbsq+linear_probe"],
@@ -169,9 +172,7 @@ def test_sigkilled_sweep_resumes_to_identical_metrics_without_duplicates(tmp_pat
     assert len(list(trials_dir.glob("*/round-state.npz"))) < 4, "the sweep finished before it could be killed"
 
     subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
-    reference_cfg = _config(tmp_path, session_cache, name="uninterrupted", **base)
-    subprocess.run([sys.executable, "experiments/sweep.py", str(reference_cfg), "--no-report"], cwd=ROOT, env=env,
-                   check=True, capture_output=True, timeout=600)
+    run_sweep(load_config(_config(tmp_path, session_cache, name="uninterrupted", **base)))
 
     killed, killed_runs = _metrics_by_hash(f"sqlite:///{tmp_path / 'killed' / 'mlflow.db'}", "killed")
     reference, _ = _metrics_by_hash(f"sqlite:///{tmp_path / 'uninterrupted' / 'mlflow.db'}", "uninterrupted")

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -17,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator.loop import RoundState
 from orchestrator.rehearsal import MlflowServer
 from orchestrator.tracking import trial_runs
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 pytestmark = pytest.mark.slow
 ROUNDS, SEEDS = 10, [0, 1, 2]
@@ -57,16 +56,6 @@ def _stored_rounds(trials_dir) -> int:
     return total
 
 
-def _until(condition, limit: float, what: str, proc) -> None:
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        if condition():
-            return
-        assert proc.poll() is None, f"the sweep ended before {what}"
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def server(tmp_path):
     # without the auth app (tests/test_tracking_server.py covers it): its per-request hash check would slow the
@@ -88,7 +77,7 @@ def test_a_driver_kill_then_a_server_outage_lose_and_duplicate_nothing(server, r
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     try:
-        _until(lambda: _logged_rounds(client) >= 2, 300, "rounds reached MLflow", first)
+        wait_until(lambda: _logged_rounds(client) >= 2, 300, "rounds reached MLflow", first)
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the driver dies while the server is up
         first.wait()
@@ -98,11 +87,12 @@ def test_a_driver_kill_then_a_server_outage_lose_and_duplicate_nothing(server, r
         rerun = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         try:
-            _until(lambda: "to resume" in (tmp_path / "rerun.log").read_text(), 300, "the rerun reconciled", rerun)
+            wait_until(lambda: "to resume" in (tmp_path / "rerun.log").read_text(), 300, "the rerun reconciled",
+                       rerun)
             server.kill()
             stored_at_kill = _stored_rounds(trials_dir)
-            _until(lambda: _stored_rounds(trials_dir) >= stored_at_kill + 2, 120, "rounds ran during the outage",
-                   rerun)
+            wait_until(lambda: _stored_rounds(trials_dir) >= stored_at_kill + 2, 120, "rounds ran during the outage",
+                       rerun)
             server.start()
             rerun.wait(timeout=600)
         finally:
