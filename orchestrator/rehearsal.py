@@ -39,7 +39,8 @@ class MlflowServer:
     on two busy cores is most of a request's time, so tests about something other than auth run without it.
     """
 
-    def __init__(self, root: str | Path, user: str = "alvlm", port: int | None = None, auth: bool = True):
+    def __init__(self, root: str | Path, user: str = "alvlm", port: int | None = None, auth: bool = True,
+                 backend_uri: str | None = None):
         self.auth = auth
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -47,6 +48,7 @@ class MlflowServer:
         self.port = port or free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.backend_uri = backend_uri or f"sqlite:///{self.root}/mlflow.db"
         self.ini = self.root / "auth.ini"
         self.ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{self.root}/auth.db\n"
                             f"admin_username = {user}\nadmin_password = {self.password}\n"
@@ -62,8 +64,8 @@ class MlflowServer:
         env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(self.ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": self.secret}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", *(["--app-name", "basic-auth"] if self.auth else []),
-             "--host", "127.0.0.1", "--port", str(self.port), "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db", "--artifacts-destination",
-             str(self.root / "artifacts")],
+             "--host", "127.0.0.1", "--port", str(self.port), "--backend-store-uri", self.backend_uri,
+             "--artifacts-destination", str(self.root / "artifacts")],
             cwd=self.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -89,6 +91,76 @@ class MlflowServer:
 
     def __exit__(self, *exc) -> None:
         self.kill()
+
+
+def find_postgres_bin() -> Path | None:
+    """The directory of PostgreSQL's server programs (Debian keeps them off PATH), or None if not installed."""
+    initdb = shutil.which("initdb")
+    if initdb:
+        return Path(initdb).resolve().parent
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+class LocalPostgres:
+    """A throwaway PostgreSQL server (``initdb`` + ``postgres`` on 127.0.0.1) for MLflow's backend store.
+
+    The cluster's MLflow may use PostgreSQL when several writers share it; this stands one up on this
+    machine to prove the sweep logs through it. PostgreSQL refuses to run as root, so under root the
+    programs run as the ``postgres`` user on a directory handed to it.
+    """
+
+    def __init__(self, database: str = "mlflow"):
+        self.bin = find_postgres_bin()
+        if self.bin is None:
+            raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+        self.database, self.port = database, free_port()
+        self.data = Path(tempfile.mkdtemp(prefix="alvlm-pg-"))
+        self.as_owner: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.data, "postgres", "postgres")
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run([*self.as_owner, str(self.bin / program), *args], check=True, capture_output=True,
+                       timeout=120, cwd=self.data)
+
+    def start(self, timeout: float = 60) -> "LocalPostgres":
+        self._run("initdb", "-D", str(self.data / "db"), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self.proc = subprocess.Popen(
+            [*self.as_owner, str(self.bin / "postgres"), "-D", str(self.data / "db"), "-p", str(self.port),
+             "-h", "127.0.0.1", "-k", str(self.data)], cwd=self.data, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            probe = subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                                   capture_output=True)
+            if probe.returncode == 0:
+                self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", self.database)
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited at start-up (code {self.proc.returncode})")
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"postgres did not answer on port {self.port} within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # "smart" shutdown: a clean stop, not an outage
+            self.proc.wait(timeout=60)
+        self.proc = None
+        shutil.rmtree(self.data, ignore_errors=True)
+
+    def __enter__(self) -> "LocalPostgres":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def local_cluster(workers: int = 2, worker_cpus: float = 1, dashboard: bool = False):

@@ -64,7 +64,7 @@ def test_a_storage_path_a_node_cannot_write_is_refused_within_seconds(cluster, t
 def test_a_sweep_submitted_through_the_jobs_api_runs_on_the_workers(cluster, tmp_path, session_cache):
     """``ray job submit`` as the README has it: the repository uploaded as the working directory, the storage path
     passed in the runtime environment, the entrypoint joining the cluster with ``--address auto``."""
-    path = _write(tmp_path, _config(tmp_path, session_cache, "submitted", methods=["random+linear_probe"], rounds=2))
+    path = _write(tmp_path, _config(tmp_path, session_cache, "submitted", methods=["random+linear_probe"], rounds=1))
     runtime_env = {"env_vars": {"ALVLM_STORAGE_PATH": str(tmp_path / "shared" / "ray_results"),
                                 "RAY_AUTH_MODE": "disabled"}}
     submit = [str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", f"http://{cluster.webui_url}",

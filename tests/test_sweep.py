@@ -158,7 +158,8 @@ def kill_after_states(command: list[str], env: dict, trials_dir, states: int, li
 
 
 def test_sigkilled_sweep_resumes_to_identical_metrics_without_duplicates(ray_cluster, tmp_path, session_cache):
-    """Killed and resumed through the CLI, as a user would; the uninterrupted reference runs in-process."""
+    """Killed through the CLI, as a user's driver dies; a new driver (in-process here) resumes it, and an
+    uninterrupted run is the reference. tests/test_engine_contracts.py resumes in a fresh CLI process."""
     from orchestrator.sweep import run_sweep
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -171,7 +172,7 @@ def test_sigkilled_sweep_resumes_to_identical_metrics_without_duplicates(ray_clu
     kill_after_states(command, env, trials_dir, 2)
     assert len(list(trials_dir.glob("*/round-state.npz"))) < 4, "the sweep finished before it could be killed"
 
-    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    assert not run_sweep(load_config(killed_cfg)).failed
     run_sweep(load_config(_config(tmp_path, session_cache, name="uninterrupted", **base)))
 
     killed, killed_runs = _metrics_by_hash(f"sqlite:///{tmp_path / 'killed' / 'mlflow.db'}", "killed")

@@ -64,6 +64,9 @@ def mc_dropout_scores(predictor: Predictor, features: np.ndarray, rows: np.ndarr
     is O(chunk x (C + d)).
     """
     rows = np.asarray(rows, dtype=np.int64)
+    head = predictor.linear_head()
+    if head is not None:
+        return _linear_mc_dropout_scores(head, features, rows, p, samples, rng, chunk)
     out = np.empty(len(rows), dtype=np.float64)
     scale = np.float32(1.0 / (1.0 - p))
     multilabel = bool(getattr(predictor, "multilabel", False))
@@ -77,6 +80,36 @@ def mc_dropout_scores(predictor: Predictor, features: np.ndarray, rows: np.ndarr
             mean_p = probs if mean_p is None else mean_p + probs
             mean_h += prediction_entropy(probs, multilabel)
         out[s: s + chunk] = prediction_entropy(mean_p / samples, multilabel) - mean_h / samples
+    return out
+
+
+def _linear_mc_dropout_scores(head, features: np.ndarray, rows: np.ndarray, p: float, samples: int,
+                              rng: np.random.Generator, chunk: int) -> np.ndarray:
+    """:func:`mc_dropout_scores` for a softmax head, in float32 torch: the same masks, from the same draws.
+
+    At ImageNet scale (1.28 M rows, C = 1,000, T = 20) the float64 numpy entropies took longer than the
+    matrix products; here ``log_softmax`` gives the log-probabilities the entropy needs without a clip, and
+    every pass runs on all cores. Scores differ from the float64 path by float32 rounding (about 1e-6
+    relative), which can reorder only rows whose scores tie to that precision.
+    """
+    import torch
+
+    w = torch.as_tensor(np.asarray(head.weight, np.float32)).T.contiguous()
+    b = torch.as_tensor(np.asarray(head.bias, np.float32))
+    scale = np.float32(1.0 / (1.0 - p)) / np.float32(head.temperature)
+    out = np.empty(len(rows), dtype=np.float64)
+    for s in range(0, len(rows), chunk):
+        x = torch.as_tensor(np.asarray(features[rows[s: s + chunk]], dtype=np.float32))
+        sum_p = torch.zeros(len(x), len(b))
+        sum_h = torch.zeros(len(x), dtype=torch.float64)
+        for _ in range(samples):
+            keep = torch.from_numpy(rng.random(tuple(x.shape), dtype=np.float32) >= p)
+            logp = torch.log_softmax(torch.addmm(b / head.temperature, x * keep, w, alpha=float(scale)), dim=1)
+            probs = logp.exp()
+            sum_p += probs
+            sum_h -= (probs * logp).sum(1, dtype=torch.float64)
+        mutual_info = torch.special.entr(sum_p / samples).sum(1, dtype=torch.float64) - sum_h / samples
+        out[s: s + chunk] = mutual_info.numpy()
     return out
 
 
