@@ -167,7 +167,9 @@ def local_cluster(workers: int = 2, worker_cpus: float = 1, dashboard: bool = Fa
     """A head with no CPUs (so every trial lands on a worker) and ``workers`` worker raylets, all started."""
     from ray.cluster_utils import Cluster
 
-    head = {"num_cpus": 0, "object_store_memory": OBJECT_STORE}
+    # the head's agent gets a free port too: on Ray's default (52365) it collides with any other Ray on this
+    # machine (a test session's own), and the Jobs API then answers "No available agent" for good
+    head = {"num_cpus": 0, "object_store_memory": OBJECT_STORE, "dashboard_agent_listen_port": free_port()}
     if dashboard:
         head.update(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port())
     cluster = Cluster(initialize_head=True, connect=False, head_node_args=head)

@@ -19,7 +19,7 @@ from orchestrator.tracking import trial_runs
 from tests.conftest import ROOT, wait_until
 
 pytestmark = pytest.mark.slow
-ROUNDS, SEEDS = 10, [0, 1, 2]
+ROUNDS, SEEDS = 8, [0, 1, 2]
 
 
 def _config(tmp_path, cache) -> dict:
