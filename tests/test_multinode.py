@@ -47,7 +47,6 @@ def _metrics(uri: str) -> tuple[dict, int]:
             for r in runs}, len(runs)
 
 
-
 def test_a_storage_path_a_node_cannot_write_is_refused_within_seconds(cluster, tmp_path, session_cache):
     (tmp_path / "not-a-mount").write_text("a file where the shared directory should be")
     path = _write(tmp_path, _config(tmp_path, session_cache, "unwritable"))

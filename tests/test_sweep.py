@@ -12,7 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config import ConfigError, load_config
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 SIZES = {"sizes": {"train": 300, "test": 100}}
 FAILING_PLUGIN = '''
@@ -150,11 +150,12 @@ def kill_after_states(command: list[str], env: dict, trials_dir, states: int, li
     have written a round state."""
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.time() + limit
-    while time.time() < deadline and len(list(trials_dir.glob("*/round-state.npz"))) < states:
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        wait_until(lambda: len(list(trials_dir.glob("*/round-state.npz"))) >= states, limit,
+                   f"{states} trials to write a round state", proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_sigkilled_sweep_resumes_to_identical_metrics_without_duplicates(ray_cluster, tmp_path, session_cache):

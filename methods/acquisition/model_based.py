@@ -61,7 +61,8 @@ def mc_dropout_scores(predictor: Predictor, features: np.ndarray, rows: np.ndarr
     dtype=float32) >= p``, chunks in order and passes in order inside a chunk
     (so the draws depend on ``chunk``, which is part of the options). Only
     running sums of the probabilities and of the entropies are kept: memory
-    is O(chunk x (C + d)).
+    is O(chunk x (C + d)). A softmax head (``linear_head()``) is scored in
+    float32 torch from the same masks; any other predictor in float64 numpy.
     """
     rows = np.asarray(rows, dtype=np.int64)
     head = predictor.linear_head()
@@ -87,24 +88,26 @@ def _linear_mc_dropout_scores(head, features: np.ndarray, rows: np.ndarray, p: f
                               rng: np.random.Generator, chunk: int) -> np.ndarray:
     """:func:`mc_dropout_scores` for a softmax head, in float32 torch: the same masks, from the same draws.
 
-    At ImageNet scale (1.28 M rows, C = 1,000, T = 20) the float64 numpy entropies took longer than the
-    matrix products; here ``log_softmax`` gives the log-probabilities the entropy needs without a clip, and
-    every pass runs on all cores. Scores differ from the float64 path by float32 rounding (about 1e-6
-    relative), which can reorder only rows whose scores tie to that precision.
+    The float64 numpy softmax and entropies cost about as much as the matrix products at C = 1,000; here
+    ``log_softmax`` gives the log-probabilities the entropy needs without a clip, and every pass runs on all
+    cores (8.1 s -> 5.7 s at 20,000 rows x 1,000 classes, T = 20, two cores). Scores differ from the float64
+    path by float32 rounding (measured: at most 2e-6 absolute, 6e-6 relative), which can reorder only rows
+    whose scores tie to that precision.
     """
     import torch
 
     w = torch.as_tensor(np.asarray(head.weight, np.float32)).T.contiguous()
     b = torch.as_tensor(np.asarray(head.bias, np.float32))
     scale = np.float32(1.0 / (1.0 - p)) / np.float32(head.temperature)
+    bias = b / head.temperature
     out = np.empty(len(rows), dtype=np.float64)
     for s in range(0, len(rows), chunk):
         x = torch.as_tensor(np.asarray(features[rows[s: s + chunk]], dtype=np.float32))
-        sum_p = torch.zeros(len(x), len(b))
+        sum_p = torch.zeros(len(x), len(bias))
         sum_h = torch.zeros(len(x), dtype=torch.float64)
         for _ in range(samples):
             keep = torch.from_numpy(rng.random(tuple(x.shape), dtype=np.float32) >= p)
-            logp = torch.log_softmax(torch.addmm(b / head.temperature, x * keep, w, alpha=float(scale)), dim=1)
+            logp = torch.log_softmax(torch.addmm(bias, x * keep, w, alpha=float(scale)), dim=1)
             probs = logp.exp()
             sum_p += probs
             sum_h -= (probs * logp).sum(1, dtype=torch.float64)
