@@ -42,6 +42,67 @@ def test_coreset_selects_exactly_what_scikit_activeml_selects(seed):
     assert chunked.tolist() == ours.tolist()
 
 
+def _dense_k_center(x, candidates, labelled, budget, rng):
+    """The textbook greedy k-center in float64: every distance updated after every pick."""
+    x = x.astype(np.float64)
+    pool = x[candidates]
+    dist = np.full(len(candidates), np.inf)
+    for c in x[labelled]:
+        dist = np.minimum(dist, ((pool - c) ** 2).sum(1))
+    picks = []
+    for _ in range(budget):
+        j = int(rng.integers(len(candidates))) if np.isinf(dist).all() else int(np.argmax(dist))
+        picks.append(j)
+        dist = np.minimum(dist, ((pool - pool[j]) ** 2).sum(1))
+        dist[j] = -1.0
+    return candidates[picks]
+
+
+@pytest.mark.parametrize("n_labelled,refresh,prefilter", [
+    (0, "lazy", "none"), (1, "lazy", "bf16"), (40, "lazy", "none"), (40, "lazy", "bf16"), (300, "lazy", "bf16"),
+    (40, "dense", "bf16"), (0, "dense", "none")])
+def test_lazy_k_center_picks_what_the_dense_update_picks(n_labelled, refresh, prefilter, monkeypatch):
+    """Stale upper bounds refreshed only at the top of the order give the textbook picks, in order:
+    from exact float32 distances to the labelled set or from their bfloat16 bounds, on the lazy path
+    or (a pathological pool's fallback) the dense pass."""
+    from methods.kernels import kcenter
+
+    if refresh == "dense":  # every pick falls back to one dense refresh of all bounds
+        monkeypatch.setattr(kcenter, "DENSE_FRACTION", 10 ** 9)
+        monkeypatch.setattr(kcenter, "REFRESH_BATCH", 1)
+    x, _ = _clustered(n=1500, d=24, seed=n_labelled + 7)
+    x *= 3.0  # norms far from 1: the bfloat16 margin scales with them
+    rows = np.random.default_rng(1).permutation(len(x))
+    labelled, candidates = np.sort(rows[:n_labelled]), np.sort(rows[n_labelled + 100:])  # 100 rows in neither
+    got = kcenter.greedy_k_center(x, candidates, labelled, 120, np.random.default_rng(3), device="cpu",
+                                  prefilter=prefilter)
+    assert got.tolist() == _dense_k_center(x, candidates, labelled, 120, np.random.default_rng(3)).tolist()
+
+
+@pytest.mark.parametrize("dim,scale", [(8, 1.0), (512, 1.0), (512, 40.0), (2048, 0.05)])
+def test_bf16_bounds_never_fall_below_the_exact_distance(dim, scale):
+    """The prefilter is only exact if every bound is >= the true nearest squared distance."""
+    from methods.kernels import kcenter
+
+    rng = np.random.default_rng(dim)
+    x = (rng.standard_normal((3000, dim)) * scale * rng.uniform(0.2, 2.0, (3000, 1))).astype(np.float32)
+    centres, rows = x[:200], np.arange(200, 3000)
+    q, c = x[rows].astype(np.float64), centres.astype(np.float64)
+    exact = ((q * q).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * q @ c.T).min(1)
+    bound = kcenter._bf16_upper_bound(x, rows, centres, 1 << 20)
+    assert (bound >= exact).all()
+    norms = np.linalg.norm(x[rows], axis=1) * np.linalg.norm(centres, axis=1).max()
+    assert np.median((bound - exact) / norms) < 2 * kcenter.bf16_margin(dim)  # and not uselessly loose
+
+
+def test_k_center_prefilter_must_be_known():
+    from methods.kernels import greedy_k_center
+
+    with pytest.raises(ValueError, match="prefilter must be 'auto', 'bf16' or 'none'"):
+        greedy_k_center(np.zeros((4, 2), np.float32), np.arange(2, 4), np.arange(2), 1, np.random.default_rng(0),
+                        prefilter="fp8")
+
+
 def test_factorised_badge_distance_equals_the_dense_gradient_embedding():
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(5), 50).astype(np.float32)

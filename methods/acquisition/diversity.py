@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from pydantic import Field
 
@@ -19,7 +21,13 @@ class CoreSet(AcquisitionStrategy):
 
     Deviation: none in the selection rule. Distances are computed in blocks of
     ``working_mb`` so memory stays O(N) at any pool size (the published code
-    builds the N x L matrix).
+    builds the N x L matrix), and the per-pick update is lazy: distances are
+    upper bounds (float32 or, on CPUs with native bfloat16, bfloat16, plus
+    their worst-case rounding error) and only candidates reaching the top
+    are computed exactly, in float64 (``methods.kernels.kcenter``), so the
+    picks are the float64 textbook ones. ``prefilter`` picks the bound's
+    precision (``auto``, ``bf16``, ``none`` = float32); it changes speed,
+    not picks.
     """
 
     multilabel = True  # reads features only
@@ -27,6 +35,8 @@ class CoreSet(AcquisitionStrategy):
     class Options(PluginOptions):
         feature_space: FeatureSpace = "image"
         working_mb: WorkingMB = 256
+        prefilter: Literal["auto", "bf16", "none"] = Field(
+            "auto", description="precision of the distance bounds: bf16 where the CPU has it natively (auto)")
 
     def configure(self) -> None:
         self.requires = space_inputs("coreset", self.feature_space)
@@ -34,7 +44,7 @@ class CoreSet(AcquisitionStrategy):
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
         features = feature_view(ctx, self.feature_space)
         return Selection(greedy_k_center(features, ctx.unlabelled, ctx.labelled, budget, rng,
-                                         working_bytes=self.working_mb << 20))
+                                         working_bytes=self.working_mb << 20, prefilter=self.prefilter))
 
 
 @register_acquisition("badge")
