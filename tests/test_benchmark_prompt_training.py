@@ -1,0 +1,38 @@
+"""benchmarks/prompt_training.py: the text-tower bound beside the CoOp step, and its target check."""
+
+import importlib.util
+import io
+import math
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("prompt_training", ROOT / "benchmarks" / "prompt_training.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_text_bound_and_coop_step_run_on_the_tiny_clip(bench):
+    """Both kinds train real prompts through the shipped tiny CLIP's text tower and report a rate."""
+    base = {"model": "tiny-clip", "device": "cpu", "batch": 8, "steps": 2, "chunk": 256, "classes": 10}
+    bound = bench._measure({**base, "kind": "text_bound"})
+    step = bench._measure({**base, "kind": "coop_feature"})
+    for result in (bound, step):
+        assert math.isfinite(result["steps_per_s"]) and result["steps_per_s"] > 0
+        assert result["peak_rss_mb"] > 0
+
+
+def test_bound_check_passes_fails_and_says_when_unmeasured(bench):
+    rows = [{"classes": 10, "step_over_bound": 1.2}, {"classes": 100, "step_over_bound": 1.9},
+            {"classes": 1000, "step_over_bound": None}]
+    out = bench._check_bound(rows, Console(file=io.StringIO()))
+    assert [c["result"] for c in out["checks"]] == ["PASS", "FAIL", "N/A"]
+    assert out["checks"][1]["detail"] == "1.90x" and out["all_pass"] is False
+    assert bench._check_bound(rows[:1], Console(file=io.StringIO()))["all_pass"] is True
