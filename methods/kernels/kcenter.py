@@ -100,11 +100,12 @@ def _per_row(features: np.ndarray, rows: np.ndarray, step: int, block_fn) -> np.
     return out if gathered else out[rows]
 
 
-def _min_sq_dist(x, centres, working_bytes: int):
+def _min_sq_dist(x, centres, working_bytes: int, x_norm=None):
     """Squared distance from every row of ``x`` to its nearest row of ``centres``, block by block.
 
-    ``||x||^2`` is added after the minimum over centres (rounding is monotone,
-    so the result is the same) and each block is one ``addmm``.
+    ``||x||^2`` (``x_norm`` if the caller has it) is added after the minimum
+    over centres (rounding is monotone, so the result is the same) and each
+    block is one ``addmm``.
     """
     import torch
 
@@ -119,7 +120,7 @@ def _min_sq_dist(x, centres, working_bytes: int):
         for xs in range(0, len(x), step_x):
             d = torch.addmm(cn, x[xs: xs + step_x], c.T, alpha=-2)  # ||c||^2 - 2 x.c
             torch.minimum(out[xs: xs + step_x], d.min(1).values, out=out[xs: xs + step_x])
-    return out.add_((x * x).sum(1)).clamp_min_(0)
+    return out.add_((x * x).sum(1) if x_norm is None else x_norm).clamp_min_(0)
 
 
 def float32_margin(dim: int) -> float:
@@ -138,8 +139,9 @@ def _float32_upper_bound(features: np.ndarray, rows: np.ndarray, centres: np.nda
 
     def bound(block: np.ndarray) -> np.ndarray:
         x = as_tensor(block, device)
-        slack = margin * ((x * x).sum(1).sqrt() + c_max) ** 2
-        return (_min_sq_dist(x, centre_t, working_bytes) + slack).cpu().numpy()
+        x_norm = (x * x).sum(1)
+        slack = (x_norm.sqrt() + c_max).square_().mul_(margin)
+        return _min_sq_dist(x, centre_t, working_bytes, x_norm).add_(slack).cpu().numpy()
 
     return _per_row(features, rows, rows_per_chunk(features.shape[1], working_bytes), bound)
 
