@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from rich.console import Console
 
+    from orchestrator.encoder_pool import encoder_session
     from orchestrator.features import DEFAULT_CACHE, EmbedOptions, embed_class_texts, embed_splits
     from orchestrator.zeroshot import accuracy_report, class_embeddings, zero_shot_probs
 
@@ -99,17 +100,17 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     summary = {"dataset": card.name, "encoder": spec.name, "cache": str(cache), "splits": {}, "dim": None}
     splits = args.split or list(card.splits)
-    with console.status(f"embedding {card.name} {splits} with {spec.name}"):
+    with encoder_session(), console.status(f"embedding {card.name} {splits} with {spec.name}"):
         results = {split: cached for (_, split), cached in embed_splits(
             [(card.name, s) for s in splits], spec, cache, options, args.data_root, source_options,
             args.address).items()}
+        text = embed_class_texts(card.name, spec, cache, args.protocol, args.address)  # same encoder actors
     for split, cached in results.items():
         summary["splits"][split] = {"count": len(cached), "reused": cached.reused,
                                     "skipped": len(cached.manifest["skipped"])}
         summary["dim"] = cached.manifest["dim"]
         console.print(f"{card.name}/{split}: {len(cached)} embeddings "
                       f"({'reused' if cached.reused else 'computed'}) in {cached.directory}")
-    text = embed_class_texts(card.name, spec, cache, args.protocol, args.address)
     summary["reused"] = all(s["reused"] for s in summary["splits"].values()) and text["reused"]
     if args.zeroshot:
         split = "test" if "test" in results else next(iter(results))

@@ -1,10 +1,10 @@
 """Embed an image pool once with Ray Data and cache it for every later trial.
 
-Pipeline: index list -> CPU tasks that decode and apply the encoder's own
-evaluation transform -> a pool of actors holding the frozen encoder
-(``map_batches(..., compute=ActorPoolStrategy(...))``, one GPU each when the
-cluster has GPUs) -> the driver, which writes fixed index-range parquet shards
-atomically as they fill up.
+Pipeline: index list -> Ray Data CPU tasks that decode and apply the
+encoder's own evaluation transform -> a pool of actors holding the frozen
+encoder (one GPU each when the cluster has GPUs; :mod:`.encoder_pool`, which
+outlives the call inside an ``encoder_session()``) -> the driver, which writes
+fixed index-range parquet shards atomically as they fill up.
 
 Layout of one split's cache (never shared between encoders, weights,
 precisions, preprocessing or source identities)::
@@ -215,40 +215,6 @@ def _decode_batch(batch: dict, sources: list, transform, shape: tuple[int, ...])
     return {"job": jobs, "index": indices, "pixels": pixels, "error": np.asarray(errors, dtype=object)}
 
 
-class EmbedActor:
-    """Holds one frozen encoder for its lifetime; Ray Data feeds it decoded batches."""
-
-    def __init__(self, spec: EncoderSpec, device: str | None = None, threads: int | None = None):
-        import torch
-
-        from methods.core.encoders import FrozenEncoder
-
-        if threads:  # CPU actors: Ray pins one thread per requested CPU; the encoder may use the node's cores
-            torch.set_num_threads(threads)
-        self.encoder = FrozenEncoder(spec, device)
-        size = self.encoder.image_size
-        self.dim = int(self.encoder.encode_images(torch.zeros(1, 3, size, size)).shape[1])
-
-    def __call__(self, batch: dict) -> dict:
-        import torch
-
-        ok = batch["error"] == ""
-        emb = None
-        if ok.any():
-            emb = self.encoder.encode_images(torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))).numpy()
-            self.dim = emb.shape[1]
-        out = np.zeros((len(ok), self.dim), dtype=np.float32)
-        if emb is not None:
-            out[ok] = emb
-        return {"job": batch["job"], "index": batch["index"], "embedding": out, "error": batch["error"]}
-
-
-def _embed_texts_task(spec: EncoderSpec, texts: list[str]) -> np.ndarray:
-    from methods.core.encoders import FrozenEncoder
-
-    return FrozenEncoder(spec).encode_texts(texts).numpy()
-
-
 # ---------------------------------------------------------------- driver
 
 
@@ -258,7 +224,9 @@ class EmbedOptions:
     shard_size: int = 4096
     num_actors: int | None = None  # default: GPUs in the cluster, else 1 CPU actor
     decode_cpus: float = 0.5  # a different request than the actors' keeps Ray Data from fusing the two stages
-    threads_per_actor: int | None = None  # CPU actors: default = node CPUs / actors
+    # CPU actors: default = half the cluster's CPUs shared by the actors, the other half decodes (all of
+    # them oversubscribed the cores while decode tasks ran: 23.8 s for 20K images in a session, 19.4 s at half)
+    threads_per_actor: int | None = None
     on_corrupt: OnCorrupt = "fail"
     dtype: Literal["float32", "float16"] = "float32"
     device: str | None = None
@@ -331,10 +299,13 @@ def embed_split(dataset: str, split: str, encoder: str | EncoderSpec = "tiny-cli
 
 
 def _run_pipeline(jobs: list[_Job], spec: EncoderSpec, options: EmbedOptions, address: str | None) -> list[str]:
-    """Embed every job's missing ranges with Ray Data; write each shard as it fills; return corrupt locations."""
-    import ray.data
-    from ray.data import ActorPoolStrategy
+    """Embed every job's missing ranges: Ray Data decodes, the encoder pool embeds, each shard is written as it fills.
 
+    Returns the locations of the images that could not be decoded.
+    """
+    import ray.data
+
+    from .encoder_pool import PoolShape, encoder_pool
     from .ray_runtime import cluster_cpus, cluster_gpus, ensure_ray
 
     ensure_ray(address)
@@ -345,39 +316,49 @@ def _run_pipeline(jobs: list[_Job], spec: EncoderSpec, options: EmbedOptions, ad
         for j, job in enumerate(jobs) for s, e in job.missing
     ])
     blocks = max(1, min(len(rows) // options.batch_size, 200))
-    ds = ray.data.from_numpy(np.array_split(rows, blocks))
     transform = build_preprocess(spec)
-    ds = ds.map_batches(_decode_batch, fn_kwargs={"sources": [j.source for j in jobs], "transform": transform,
-                                                  "shape": pixel_shape(transform)},
-                        batch_size=options.batch_size, num_cpus=options.decode_cpus)
-    threads = None if gpus >= 1 else (options.threads_per_actor or max(1, int(cluster_cpus() // actors)))
-    ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"spec": spec, "device": options.device,
-                                                           "threads": threads},
-                        compute=ActorPoolStrategy(size=actors), batch_size=options.batch_size,
-                        num_gpus=1 if gpus >= 1 else 0, num_cpus=1)
+    decoded = ray.data.from_numpy(np.array_split(rows, blocks)).map_batches(
+        _decode_batch, fn_kwargs={"sources": [j.source for j in jobs], "transform": transform,
+                                  "shape": pixel_shape(transform)},
+        batch_size=options.batch_size, num_cpus=options.decode_cpus)
+    threads = None if gpus >= 1 else (options.threads_per_actor or max(1, int(cluster_cpus() // (2 * actors))))
+    shape = PoolShape(spec, actors, options.device, threads, 1 if gpus >= 1 else 0)
+    shards = _ShardWriter(jobs, options)
+    with encoder_pool(shape) as pool:
+        for batch in pool.encode_blocks(decoded.iter_internal_ref_bundles()):
+            shards.add(batch)
+    return shards.corrupt
 
-    buckets = {(j, r): {"index": [], "embedding": [], "skipped": []} for j, job in enumerate(jobs) for r in job.missing}
-    starts = {j: np.array([s for s, _ in job.missing]) for j, job in enumerate(jobs)}
-    corrupt: list[str] = []
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+
+class _ShardWriter:
+    """Sorts embedded rows into their jobs' missing index ranges and writes each range's shard once it is full."""
+
+    def __init__(self, jobs: list[_Job], options: EmbedOptions):
+        self.jobs, self.options = jobs, options
+        self.buckets = {(j, r): {"index": [], "embedding": [], "skipped": []}
+                        for j, job in enumerate(jobs) for r in job.missing}
+        self.starts = {j: np.array([s for s, _ in job.missing]) for j, job in enumerate(jobs)}
+        self.corrupt: list[str] = []
+
+    def add(self, batch: dict) -> None:
         for j in np.unique(batch["job"]):
-            job = jobs[int(j)]
+            job = self.jobs[int(j)]
             in_job = batch["job"] == j
-            owner = np.searchsorted(starts[int(j)], batch["index"], side="right") - 1
+            owner = np.searchsorted(self.starts[int(j)], batch["index"], side="right") - 1
             for k in np.unique(owner[in_job]):
-                rng = job.missing[int(k)]
-                rows_k = in_job & (owner == k)
-                ok = rows_k & (batch["error"] == "")
-                bad = rows_k & (batch["error"] != "")
-                bucket = buckets[(int(j), rng)]
-                bucket["index"].append(batch["index"][ok])
-                bucket["embedding"].append(batch["embedding"][ok])
-                bucket["skipped"].extend(int(i) for i in batch["index"][bad])
-                corrupt.extend(str(e) for e in batch["error"][bad])
-                filled = sum(len(a) for a in bucket["index"]) + len(bucket["skipped"])
-                if filled == rng[1] - rng[0] and (not bucket["skipped"] or options.on_corrupt == "skip"):
-                    _write_shard(job.cache.shard_path(*rng), bucket, options.dtype)
-    return corrupt
+                self._file(int(j), job.missing[int(k)], batch, in_job & (owner == k))
+
+    def _file(self, j: int, rng: tuple[int, int], batch: dict, rows: np.ndarray) -> None:
+        ok = rows & (batch["error"] == "")
+        bad = rows & (batch["error"] != "")
+        bucket = self.buckets[(j, rng)]
+        bucket["index"].append(batch["index"][ok])
+        bucket["embedding"].append(batch["embedding"][ok])
+        bucket["skipped"].extend(int(i) for i in batch["index"][bad])
+        self.corrupt.extend(str(e) for e in batch["error"][bad])
+        filled = sum(len(a) for a in bucket["index"]) + len(bucket["skipped"])
+        if filled == rng[1] - rng[0] and (not bucket["skipped"] or self.options.on_corrupt == "skip"):
+            _write_shard(self.jobs[j].cache.shard_path(*rng), bucket, self.options.dtype)
 
 
 def _write_shard(path: Path, bucket: dict, dtype: str) -> None:
@@ -478,13 +459,13 @@ def embed_class_texts(dataset: str, encoder: str | EncoderSpec = "tiny-clip", ca
 
 
 def _run_text_task(spec: EncoderSpec, texts: list[str], address: str | None) -> np.ndarray:
-    import ray
-
+    """Class texts through the open session's encoder pool when there is one, else through a pool of one actor."""
+    from .encoder_pool import encoder_pool, text_pool_shape
     from .ray_runtime import cluster_gpus, ensure_ray
 
     ensure_ray(address)
-    task = ray.remote(num_gpus=1 if cluster_gpus() >= 1 else 0, num_cpus=1)(_embed_texts_task)
-    return ray.get(task.remote(spec, texts))
+    with encoder_pool(text_pool_shape(spec, 1 if cluster_gpus() >= 1 else 0)) as pool:
+        return pool.encode_texts(texts)
 
 
 def _npz_bytes(**arrays) -> bytes:

@@ -26,11 +26,22 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, num_gpus
             ray.init(address=address, **kwargs)
         else:
             # "local", not None: ray.init() would otherwise join whatever cluster this machine last started
-            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus,
+                     _system_config={"num_workers_soft_limit": idle_worker_limit(num_cpus)}, **kwargs)
     ctx = DataContext.get_current()
     if quiet:
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
+
+
+def idle_worker_limit(num_cpus: int | None) -> int:
+    """How many worker processes a local node keeps alive when idle: one per CPU, plus room for encoder actors.
+
+    Ray's default (one per CPU) counts actor processes too, so while an encoder session's actors lived, Ray
+    killed a warm decode worker after every embed call and started a new one part-way through the next,
+    which imported torch again (4 CPU-seconds, a fifth of a 20K-image call on two cores).
+    """
+    return (num_cpus or os.cpu_count() or 1) + 2
 
 
 class RayAddressError(RuntimeError):

@@ -107,7 +107,6 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
 
     from datasets.registry import get_card
 
-    from .features import EmbedOptions, embed_splits
     from .images import DatasetImages
 
     cache = _cache_root(config)
@@ -119,16 +118,14 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
     for name in config.datasets:
         key = repr(sorted(config.dataset_options.get(name, {}).items()))
         by_options.setdefault(key, []).append(name)
+    cached, texts = _embed_everything(config, list(by_options.values()), cache)
     for names in by_options.values():
         opts = config.dataset_options.get(names[0], {})
-        requests = [(n, s) for n in names for s in config.splits_of(n)]
-        cached = embed_splits(requests, config.encoder, cache, EmbedOptions(), source_options=opts,
-                              address=config.address)
         for n in names:
             card = get_card(n)
             pool_split, test_split = config.splits_of(n)
             pool, test = cached[(n, pool_split)], cached[(n, test_split)]
-            text = class_text_features(config, card, cache)
+            text = texts[n]
             _check_features(n, pool.features, test.features)
             images = DatasetImages(n, {"pool": pool_split, "test": test_split},
                                    {"pool": np.asarray(pool.indices), "test": np.asarray(test.indices)},
@@ -151,6 +148,26 @@ def prepare_data(config: SweepConfig, descriptions: dict[str, dict[str, list[str
                 "oracle_labels": _oracle_labels(n, pool_split, opts, pool),
             }
     return refs
+
+
+def _embed_everything(config: SweepConfig, groups: list[list[str]], cache: Path) -> tuple[dict, dict]:
+    """Every split's cached features and every dataset's class-text features, from one set of encoder actors.
+
+    The session ends before any trial or preparation step runs, so its actors hold no CPU or GPU they need.
+    """
+    from datasets.registry import get_card
+
+    from .encoder_pool import encoder_session
+    from .features import EmbedOptions, embed_splits
+
+    cached, texts = {}, {}
+    with encoder_session():
+        for names in groups:  # datasets with the same source options share one pipeline
+            requests = [(n, s) for n in names for s in config.splits_of(n)]
+            cached |= embed_splits(requests, config.encoder, cache, EmbedOptions(),
+                                   source_options=config.dataset_options.get(names[0], {}), address=config.address)
+            texts |= {n: class_text_features(config, get_card(n), cache) for n in names}
+    return cached, texts
 
 
 def _cache_root(config: SweepConfig) -> Path:

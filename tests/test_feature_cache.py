@@ -123,6 +123,41 @@ def test_several_datasets_share_one_pipeline(ray_cluster, tmp_path):
     assert {k: len(v) for k, v in out.items()} == {("synth-shapes", "test"): 120, ("synth-lesions", "test"): 120}
 
 
+def _alive_encoder_actors(wait_for_none_s: float = 0.0) -> set[str]:
+    """Encoder actors the GCS reports alive (Ray's state API needs the dashboard, which tests do not start).
+
+    ``ray.kill`` is asynchronous: with ``wait_for_none_s`` the answer is re-read until it is empty or time is up.
+    """
+    import time
+
+    import ray._private.state as gcs
+
+    deadline = time.monotonic() + wait_for_none_s
+    while True:
+        alive = {a["ActorID"] for a in gcs.actors().values()
+                 if a["ActorClassName"] == "EncoderWorker" and a["State"] != "DEAD"}
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def test_a_session_reuses_its_encoder_actors_and_frees_them_at_its_end(ray_cluster, tmp_path):
+    from orchestrator.encoder_pool import encoder_session
+
+    cold = embed_split("synth-lesions", "train", "tiny-clip", tmp_path / "cold", source_options=SMALL)
+    assert _alive_encoder_actors(wait_for_none_s=10) == set()  # a call outside a session frees its actors
+    with encoder_session():
+        train = embed_split("synth-lesions", "train", "tiny-clip", tmp_path / "warm", source_options=SMALL)
+        started = _alive_encoder_actors()
+        test = embed_split("synth-lesions", "test", "tiny-clip", tmp_path / "warm", source_options=SMALL)
+        text = embed_class_texts("synth-lesions", "tiny-clip", tmp_path / "warm")
+        assert len(started) == 1 and _alive_encoder_actors() == started  # one actor served all three
+    assert _alive_encoder_actors(wait_for_none_s=10) == set()
+    assert np.array_equal(np.asarray(train.features), np.asarray(cold.features)) and len(test) == 120
+    assert np.allclose(text["embeddings"], embed_class_texts("synth-lesions", "tiny-clip", tmp_path / "new")
+                       ["embeddings"], atol=1e-6)
+
+
 def test_embed_cli_unknown_dataset_lists_the_known_ones():
     from experiments.embed import main
 
