@@ -37,6 +37,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,125 +62,182 @@ class _RandomCLIP:
         self.tokenizer = open_clip.get_tokenizer(name)
 
 
+@dataclass
+class _Bench:
+    """What every kind's training step is built from: the model, the device, the shapes, the precision."""
+
+    config: dict
+    clip: _RandomCLIP
+    device: str
+    size: int
+    autocast: object
+
+    @property
+    def batch(self) -> int:
+        return self.config["batch"]
+
+    @property
+    def classes(self) -> int:
+        return self.config["classes"]
+
+    @property
+    def dim(self) -> int:
+        return self.clip.model.text_projection.shape[1]
+
+    def text_encoder(self, chunk: int, checkpoint: bool):
+        from methods.adaptation.prompting.text import PromptedTextEncoder, build_layout
+
+        names = [f"class number {i}" for i in range(self.classes)]
+        return PromptedTextEncoder(self.clip.model, build_layout(self.clip.tokenizer, names, n_ctx=16), self.device,
+                                   chunk=chunk, checkpoint=checkpoint)
+
+    def context(self, width: int):
+        import torch
+
+        return torch.nn.Parameter(torch.randn(16, width, device=self.device) * 0.02)
+
+    def features(self):
+        import torch
+
+        return torch.nn.functional.normalize(torch.randn(self.batch, self.dim, device=self.device), dim=-1)
+
+    def labels(self):
+        import torch
+
+        return torch.randint(0, self.classes, (self.batch,), device=self.device)
+
+    def pixels_and_labels(self):
+        import torch
+
+        return torch.randn(self.batch, 3, self.size, self.size, device=self.device), self.labels()
+
+
+def _sgd_step(opt, loss_fn):
+    """One optimiser step of ``loss_fn()``'s loss: the tail every training kind shares."""
+    def step():
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def _biomedvr_step(b: _Bench):
+    import torch
+
+    from methods.adaptation.reprogramming.frames import Frame
+    from methods.adaptation.reprogramming.scoring import Scorer, confusion_suppression, sentence_index
+
+    frame = Frame.build("resize_pad", b.size)
+    mean = torch.tensor([0.48, 0.46, 0.41], device=b.device).view(1, 3, 1, 1)
+    std = torch.tensor([0.27, 0.26, 0.28], device=b.device).view(1, 3, 1, 1)
+    owners = np.repeat(np.arange(b.classes), 20)  # 20 sentences per class and set, as AttrVR
+    arrays = {name: torch.nn.functional.normalize(torch.randn(len(owners), b.dim), dim=-1).numpy()
+              for name in ("positive", "negative")}
+    arrays.update(positive_index=sentence_index(owners, b.classes, 3, "positive"),
+                  negative_index=sentence_index(owners, b.classes, 3, "negative"))
+    scorer = Scorer("biomedvr", arrays, 100.0, 3, device=b.device)
+    deltas = torch.nn.Parameter(torch.zeros(2, 3, b.size, b.size, device=b.device))
+    gate = torch.nn.Parameter(torch.ones(2, device=b.device))
+    pixels, labels = b.pixels_and_labels()
+
+    def loss():
+        with b.autocast:
+            z = [torch.nn.functional.normalize(b.clip.model.encode_image(frame.apply(pixels, d, mean, std)).float(),
+                                               dim=-1) for d in deltas]
+            logits, s_pos, s_neg = scorer.logits(z[0], z[1], torch.softmax(gate, dim=0))
+            return torch.nn.functional.cross_entropy(logits, labels) + 0.3 * confusion_suppression(
+                s_pos, s_neg, labels, 0.5)
+    return _sgd_step(torch.optim.SGD([deltas, gate], lr=40, momentum=0.9), loss)
+
+
+def _vpt_step(b: _Bench):
+    import torch
+
+    from methods.adaptation.prompting.vision import PromptedVisionTower
+
+    tower = PromptedVisionTower(b.clip.model.visual)
+    prompts = torch.nn.Parameter(torch.zeros(8, tower.width, device=b.device))
+    text = torch.nn.functional.normalize(torch.randn(b.classes, b.dim, device=b.device), dim=-1)
+    pixels, labels = b.pixels_and_labels()
+
+    def loss():
+        with b.autocast:
+            feats = torch.nn.functional.normalize(tower(pixels, shallow=prompts), dim=-1)
+            return torch.nn.functional.cross_entropy(100 * feats @ text.T, labels)
+    return _sgd_step(torch.optim.SGD([prompts], lr=1e-3), loss)
+
+
+def _dual_feature_step(b: _Bench):
+    import torch
+
+    from methods.adaptation.prompting.dual import complement_labels, dual_prompt_loss
+
+    text = b.text_encoder(b.config["chunk"], checkpoint=True)
+    contexts = [b.context(text.width) for _ in range(2)]
+    features, labels = b.features(), b.labels()
+    generator = torch.Generator().manual_seed(0)
+
+    def loss():
+        with b.autocast:
+            pos, neg = text.class_features(contexts[0]), text.class_features(contexts[1])
+            return dual_prompt_loss(features @ pos.T, features @ neg.T, labels,
+                                    complement_labels(labels, b.classes, generator), 100.0, 1.0)
+    return _sgd_step(torch.optim.SGD(contexts, lr=1e-2), loss)
+
+
+def _text_bound_step(b: _Bench):
+    """The text tower's forward and backward over every class prompt, nothing else: the CoOp step's bound."""
+    import torch
+
+    text = b.text_encoder(b.classes, checkpoint=False)
+    ctx = b.context(text.width)
+    weights = torch.randn(b.classes, b.dim, device=b.device)
+
+    def step():
+        with b.autocast:
+            out = (text.class_features(ctx) * weights).sum()
+        ctx.grad = None
+        out.backward()
+    return step
+
+
+def _coop_step(b: _Bench):
+    """CoOp on cached features (``coop_feature``) or through the frozen image tower (``coop_image``)."""
+    import torch
+
+    text = b.text_encoder(b.config["chunk"], checkpoint=True)
+    ctx = b.context(text.width)
+    features = b.features()
+    pixels, labels = b.pixels_and_labels()
+    on_pixels = b.config["kind"] == "coop_image"
+
+    def loss():
+        with b.autocast:
+            x = features
+            if on_pixels:
+                with torch.no_grad():
+                    x = torch.nn.functional.normalize(b.clip.model.encode_image(pixels).float(), dim=-1)
+            return torch.nn.functional.cross_entropy(100 * x @ text.class_features(ctx).T, labels)
+    return _sgd_step(torch.optim.SGD([ctx], lr=2e-3), loss)
+
+
+STEPS = {"biomedvr": _biomedvr_step, "vpt": _vpt_step, "dual_feature": _dual_feature_step,
+         "text_bound": _text_bound_step, "coop_feature": _coop_step, "coop_image": _coop_step}
+
+
 def _measure(config: dict) -> dict:
     """One configuration, in this (fresh) process."""
     import torch
-
-    from methods.adaptation.prompting.text import PromptedTextEncoder, build_layout
 
     device = config["device"]
     torch.manual_seed(0)
     clip = _RandomCLIP(config["model"], device)
     size = clip.model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
-    batch = config["batch"]
-    result = {**config}
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-    if config["kind"] == "biomedvr":
-        from methods.adaptation.reprogramming.frames import Frame
-        from methods.adaptation.reprogramming.scoring import Scorer, confusion_suppression, sentence_index
-
-        frame = Frame.build("resize_pad", size)
-        mean = torch.tensor([0.48, 0.46, 0.41], device=device).view(1, 3, 1, 1)
-        std = torch.tensor([0.27, 0.26, 0.28], device=device).view(1, 3, 1, 1)
-        dim, classes = clip.model.text_projection.shape[1], config["classes"]
-        owners = np.repeat(np.arange(classes), 20)  # 20 sentences per class and set, as AttrVR
-        arrays = {name: torch.nn.functional.normalize(torch.randn(len(owners), dim), dim=-1).numpy()
-                  for name in ("positive", "negative")}
-        arrays.update(positive_index=sentence_index(owners, classes, 3, "positive"),
-                      negative_index=sentence_index(owners, classes, 3, "negative"))
-        scorer = Scorer("biomedvr", arrays, 100.0, 3, device=device)
-        deltas = torch.nn.Parameter(torch.zeros(2, 3, size, size, device=device))
-        gate = torch.nn.Parameter(torch.ones(2, device=device))
-        opt = torch.optim.SGD([deltas, gate], lr=40, momentum=0.9)
-        pixels = torch.randn(batch, 3, size, size, device=device)
-        labels = torch.randint(0, classes, (batch,), device=device)
-
-        def step():
-            with autocast:
-                z = [torch.nn.functional.normalize(clip.model.encode_image(frame.apply(pixels, d, mean, std)).float(),
-                                                   dim=-1) for d in deltas]
-                logits, s_pos, s_neg = scorer.logits(z[0], z[1], torch.softmax(gate, dim=0))
-                loss = torch.nn.functional.cross_entropy(logits, labels) + 0.3 * confusion_suppression(
-                    s_pos, s_neg, labels, 0.5)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    elif config["kind"] == "vpt":
-        from methods.adaptation.prompting.vision import PromptedVisionTower
-
-        tower = PromptedVisionTower(clip.model.visual)
-        prompts = torch.nn.Parameter(torch.zeros(8, tower.width, device=device))
-        text = torch.nn.functional.normalize(torch.randn(config["classes"], clip.model.text_projection.shape[1],
-                                                         device=device), dim=-1)
-        opt = torch.optim.SGD([prompts], lr=1e-3)
-        pixels = torch.randn(batch, 3, size, size, device=device)
-        labels = torch.randint(0, config["classes"], (batch,), device=device)
-
-        def step():
-            with autocast:
-                feats = torch.nn.functional.normalize(tower(pixels, shallow=prompts), dim=-1)
-                loss = torch.nn.functional.cross_entropy(100 * feats @ text.T, labels)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    elif config["kind"] == "dual_feature":
-        from methods.adaptation.prompting.dual import complement_labels, dual_prompt_loss
-
-        names = [f"class number {i}" for i in range(config["classes"])]
-        text = PromptedTextEncoder(clip.model, build_layout(clip.tokenizer, names, n_ctx=16), device,
-                                   chunk=config["chunk"], checkpoint=True)
-        contexts = [torch.nn.Parameter(torch.randn(16, text.width, device=device) * 0.02) for _ in range(2)]
-        opt = torch.optim.SGD(contexts, lr=1e-2)
-        features = torch.nn.functional.normalize(torch.randn(batch, clip.model.text_projection.shape[1],
-                                                             device=device), dim=-1)
-        labels = torch.randint(0, config["classes"], (batch,), device=device)
-        generator = torch.Generator().manual_seed(0)
-
-        def step():
-            with autocast:
-                pos, neg = text.class_features(contexts[0]), text.class_features(contexts[1])
-                loss = dual_prompt_loss(features @ pos.T, features @ neg.T, labels,
-                                        complement_labels(labels, config["classes"], generator), 100.0, 1.0)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    elif config["kind"] == "text_bound":
-        names = [f"class number {i}" for i in range(config["classes"])]
-        text = PromptedTextEncoder(clip.model, build_layout(clip.tokenizer, names, n_ctx=16), device,
-                                   chunk=config["classes"], checkpoint=False)
-        ctx = torch.nn.Parameter(torch.randn(16, text.width, device=device) * 0.02)
-        weights = torch.randn(config["classes"], clip.model.text_projection.shape[1], device=device)
-
-        def step():  # the text tower's forward and backward, nothing else
-            with autocast:
-                out = (text.class_features(ctx) * weights).sum()
-            ctx.grad = None
-            out.backward()
-    else:
-        names = [f"class number {i}" for i in range(config["classes"])]
-        layout = build_layout(clip.tokenizer, names, n_ctx=16)
-        text = PromptedTextEncoder(clip.model, layout, device, chunk=config["chunk"], checkpoint=True)
-        ctx = torch.nn.Parameter(torch.randn(16, text.width, device=device) * 0.02)
-        opt = torch.optim.SGD([ctx], lr=2e-3)
-        dim = clip.model.text_projection.shape[1]
-        features = torch.nn.functional.normalize(torch.randn(batch, dim, device=device), dim=-1)
-        pixels = torch.randn(batch, 3, size, size, device=device)
-        labels = torch.randint(0, config["classes"], (batch,), device=device)
-
-        def step():
-            with autocast:
-                if config["kind"] == "coop_image":
-                    with torch.no_grad():
-                        x = torch.nn.functional.normalize(clip.model.encode_image(pixels).float(), dim=-1)
-                else:
-                    x = features
-                loss = torch.nn.functional.cross_entropy(100 * x @ text.class_features(ctx).T, labels)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    step = STEPS[config["kind"]](_Bench(config, clip, device, size, autocast))
 
     step()  # warm-up (allocations, kernels)
     sync()
@@ -190,9 +248,9 @@ def _measure(config: dict) -> dict:
         step()
     sync()
     seconds = time.perf_counter() - t0
-    result["steps_per_s"] = config["steps"] / seconds
-    result["images_per_s"] = config["steps"] * batch / seconds
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {**config, "steps_per_s": config["steps"] / seconds,
+              "images_per_s": config["steps"] * config["batch"] / seconds,
+              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     if device.startswith("cuda"):
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result

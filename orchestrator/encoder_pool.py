@@ -170,7 +170,12 @@ def encoder_pool(shape: PoolShape) -> Iterator[EncoderPool]:
     pool = _session.get(shape)
     if pool is None or not pool.usable():
         pool = _session[shape] = EncoderPool.start(shape)
-    yield pool
+    try:
+        yield pool
+    except BaseException:  # a failed call may leave dead or busy actors: the session's next call starts afresh
+        _session.pop(shape, None)
+        pool.close()
+        raise
 
 
 def text_pool_shape(spec: EncoderSpec, gpus_per_actor: int) -> PoolShape:

@@ -3,6 +3,7 @@
 import importlib.util
 import io
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def bench():
     spec = importlib.util.spec_from_file_location("prompt_training", ROOT / "benchmarks" / "prompt_training.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
-    return module
+    yield module
+    sys.modules.pop(spec.name, None)
 
 
 def test_text_bound_and_coop_step_run_on_the_tiny_clip(bench):
@@ -27,6 +30,13 @@ def test_text_bound_and_coop_step_run_on_the_tiny_clip(bench):
     for result in (bound, step):
         assert math.isfinite(result["steps_per_s"]) and result["steps_per_s"] > 0
         assert result["peak_rss_mb"] > 0
+
+
+@pytest.mark.parametrize("kind", ["coop_image", "dual_feature", "vpt", "biomedvr"])
+def test_every_other_kind_trains_one_step(bench, kind):
+    config = {"model": "tiny-clip", "device": "cpu", "batch": 4, "steps": 1, "chunk": 256, "classes": 5, "kind": kind}
+    assert set(bench.STEPS) >= {kind, "coop_feature", "text_bound"}
+    assert bench._measure(config)["steps_per_s"] > 0
 
 
 def test_bound_check_passes_fails_and_says_when_unmeasured(bench):

@@ -158,6 +158,19 @@ def test_a_session_reuses_its_encoder_actors_and_frees_them_at_its_end(ray_clust
                        ["embeddings"], atol=1e-6)
 
 
+def test_a_failed_call_in_a_session_leaves_no_actor_for_the_next(ray_cluster):
+    from orchestrator.encoder_pool import PoolShape, encoder_pool, encoder_session
+
+    shape = PoolShape(parse_encoder("tiny-clip"))
+    with encoder_session():
+        with pytest.raises(RuntimeError, match="mid-call"), encoder_pool(shape) as broken:
+            assert broken.encode_texts(["a photo"]).shape == (1, 128)
+            raise RuntimeError("mid-call")
+        assert not broken.actors and _alive_encoder_actors(wait_for_none_s=10) == set()
+        with encoder_pool(shape) as fresh:
+            assert fresh is not broken and fresh.encode_texts(["a photo"]).shape == (1, 128)
+
+
 def test_embed_cli_unknown_dataset_lists_the_known_ones():
     from experiments.embed import main
 
