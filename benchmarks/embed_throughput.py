@@ -43,15 +43,16 @@ def plain_loop(dataset: str, n: int, batch_size: int, encoder_name: str) -> floa
 
     from datasets.registry import open_split
     from methods.core.encoders import load_encoder
-    from orchestrator.features import _decode_batch, pixel_shape
+    from orchestrator.features import _decode_batch
+    from orchestrator.pixels import PixelTransform
 
     t0 = time.perf_counter()
     source = open_split(dataset, "train", sizes={"train": n})
     encoder = load_encoder(encoder_name)
-    shape = pixel_shape(encoder.preprocess)
+    pixels_of = PixelTransform.of(encoder.spec)
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(start + batch_size, n))
-        batch = _decode_batch({"data": np.stack([np.zeros_like(idx), idx], axis=1)}, [source], encoder.preprocess, shape)
+        batch = _decode_batch({"data": np.stack([np.zeros_like(idx), idx], axis=1)}, [source], pixels_of)
         encoder.encode_images(torch.from_numpy(batch["pixels"]))
     return time.perf_counter() - t0
 

@@ -34,6 +34,8 @@ import numpy as np
 
 from methods.core.encoders import EncoderSpec, build_preprocess, parse_encoder
 
+from .pixels import PixelTransform
+
 DEFAULT_CACHE = Path(os.environ.get("ALVLM_CACHE_DIR", "cache")).expanduser()
 MANIFEST_VERSION = 1
 OnCorrupt = Literal["fail", "skip"]
@@ -157,59 +159,22 @@ def file_checksum(path: Path) -> str:
 # ---------------------------------------------------------------- Ray stages
 
 
-def pixel_shape(transform) -> tuple[int, ...]:
-    """Shape of one transformed image, so a batch of only corrupt images still has the right shape."""
-    from PIL import Image
-
-    return tuple(transform(Image.new("RGB", (64, 64))).shape)
-
-
-def _normalise_constants(transform):
-    """(mean, std) of the transform's Normalize step, or None if it has none."""
-    from torchvision.transforms import Normalize
-
-    for t in getattr(transform, "transforms", []):
-        if isinstance(t, Normalize):
-            return np.asarray(t.mean, np.float32).reshape(1, 3, 1, 1), np.asarray(t.std, np.float32).reshape(1, 3, 1, 1)
-    return None
-
-
-def transform_uint8_batch(images: np.ndarray, transform, shape: tuple[int, ...]) -> np.ndarray:
-    """Apply the encoder transform to an ``(n, H, W, 3)`` uint8 batch.
-
-    When the images already have the model's input size, PIL's resize and the
-    centre crop are identities, so the transform is exactly ``(x/255 - mean)/std``
-    and runs vectorised. The first image is checked against the PIL transform
-    every batch; any difference falls back to the per-image PIL path.
-    """
-    from PIL import Image
-
-    consts = _normalise_constants(transform)
-    if consts is not None and images.shape[1:3] == tuple(shape[1:]):
-        mean, std = consts
-        fast = (images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - mean) / std
-        reference = transform(Image.fromarray(images[0])).numpy()
-        if np.allclose(fast[0], reference, atol=1e-6):
-            return fast
-    return np.stack([transform(Image.fromarray(a)).numpy() for a in images])
-
-
-def _decode_batch(batch: dict, sources: list, transform, shape: tuple[int, ...]) -> dict:
+def _decode_batch(batch: dict, sources: list, pixels_of: PixelTransform) -> dict:
     """CPU stage: pixels for each (job, index) row, with a decode error string instead of an exception."""
     from datasets.sources.base import CorruptImageError
 
     jobs, indices = batch["data"][:, 0], batch["data"][:, 1]
-    pixels = np.zeros((len(indices), *shape), dtype=np.float32)
+    pixels = np.zeros((len(indices), *pixels_of.shape), dtype=np.float32)
     errors = [""] * len(indices)
     for job in np.unique(jobs):
         rows = np.flatnonzero(jobs == job)
         source = sources[int(job)]
         if hasattr(source, "render"):  # synthetic: render and transform the whole group at once
-            pixels[rows] = transform_uint8_batch(source.render(indices[rows]), transform, shape)
+            pixels[rows] = pixels_of.uint8_batch(source.render(indices[rows]))
             continue
         for r in rows:
             try:
-                pixels[r] = transform(source.load(int(indices[r]))).numpy()
+                pixels[r] = pixels_of.image(source.load(int(indices[r])))
             except (CorruptImageError, OSError) as exc:
                 errors[r] = getattr(exc, "location", None) or f"{source.locate(int(indices[r]))}: {exc}"
     return {"job": jobs, "index": indices, "pixels": pixels, "error": np.asarray(errors, dtype=object)}
@@ -223,7 +188,9 @@ class EmbedOptions:
     batch_size: int = 256
     shard_size: int = 4096
     num_actors: int | None = None  # default: GPUs in the cluster, else 1 CPU actor
-    decode_cpus: float = 0.5  # a different request than the actors' keeps Ray Data from fusing the two stages
+    # one CPU per decode task: at 0.5 two decode processes shared the core the actor left free, each
+    # importing Ray Data, and a cold 20K-image call took 23.4 s instead of 20.4 s on two cores
+    decode_cpus: float = 1.0
     # CPU actors: default = half the cluster's CPUs shared by the actors, the other half decodes (all of
     # them oversubscribed the cores while decode tasks ran: 23.8 s for 20K images in a session, 19.4 s at half)
     threads_per_actor: int | None = None
@@ -316,10 +283,8 @@ def _run_pipeline(jobs: list[_Job], spec: EncoderSpec, options: EmbedOptions, ad
         for j, job in enumerate(jobs) for s, e in job.missing
     ])
     blocks = max(1, min(len(rows) // options.batch_size, 200))
-    transform = build_preprocess(spec)
     decoded = ray.data.from_numpy(np.array_split(rows, blocks)).map_batches(
-        _decode_batch, fn_kwargs={"sources": [j.source for j in jobs], "transform": transform,
-                                  "shape": pixel_shape(transform)},
+        _decode_batch, fn_kwargs={"sources": [j.source for j in jobs], "pixels_of": PixelTransform.of(spec)},
         batch_size=options.batch_size, num_cpus=options.decode_cpus)
     threads = None if gpus >= 1 else (options.threads_per_actor or max(1, int(cluster_cpus() // (2 * actors))))
     shape = PoolShape(spec, actors, options.device, threads, 1 if gpus >= 1 else 0)

@@ -47,22 +47,19 @@ class DatasetImages(ImageAccess):
         if split not in self._opened:
             from datasets.registry import load_card_files, open_split
 
-            from methods.core.encoders import build_preprocess, parse_encoder
-            from .features import pixel_shape
+            from methods.core.encoders import parse_encoder
+            from .pixels import PixelTransform
 
-            transform = build_preprocess(parse_encoder(self.encoder))
             load_card_files(self.card_files)  # a Ray worker starts with only the built-in cards registered
             source = open_split(self.dataset, self.splits[split], **self.source_options)
-            self._opened[split] = (source, transform, pixel_shape(transform))
+            self._opened[split] = (source, PixelTransform.of(parse_encoder(self.encoder)))
         return self._opened[split]
 
     def pixels(self, split: str, rows: np.ndarray):
         import torch
 
-        from .features import transform_uint8_batch
-
-        source, transform, shape = self._source_and_transform(split)
+        source, pixels_of = self._source_and_transform(split)
         indices = self._indices(split)[np.asarray(rows, dtype=np.int64)]
         if hasattr(source, "render"):
-            return torch.from_numpy(transform_uint8_batch(source.render(indices), transform, shape))
-        return torch.stack([transform(source.load(int(i))) for i in indices])
+            return torch.from_numpy(pixels_of.uint8_batch(source.render(indices)))
+        return torch.from_numpy(np.stack([pixels_of.image(source.load(int(i))) for i in indices]))

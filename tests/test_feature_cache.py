@@ -1,6 +1,7 @@
 """The Ray Data embedding stage on a real single-node cluster: correctness, reuse, recovery, bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,34 @@ def test_embed_cli_unknown_dataset_lists_the_known_ones():
 
     with pytest.raises(SystemExit, match="unknown dataset 'synth-shape'.*synth-shapes"):
         main(["--dataset", "synth-shape"])
+
+
+def test_pixel_transform_closed_form_equals_the_real_transform_and_travels_without_torch(tmp_path):
+    import pickle
+    import subprocess
+    import sys
+
+    from torchvision import transforms as T
+
+    from orchestrator.pixels import PixelTransform, _closed_form_holds
+
+    spec = parse_encoder("tiny-clip")
+    pixels_of, real = PixelTransform.of(spec), load_encoder("tiny-clip").preprocess
+    assert pixels_of.normalise is not None and pixels_of.shape == (3, 32, 32)
+    rng = np.random.default_rng(0)
+    for size in ((32, 32), (50, 70)):  # the model's input size (closed form) and another (the real transform)
+        images = rng.integers(0, 256, (4, *size, 3), dtype=np.uint8)
+        expected = np.stack([real(Image.fromarray(a)).numpy() for a in images])
+        assert np.allclose(pixels_of.uint8_batch(images), expected, atol=1e-6)
+    mean, std = pixels_of.normalise
+    norm = T.Normalize(mean.ravel().tolist(), std.ravel().tolist())
+    assert _closed_form_holds(T.Compose([T.Resize(32), T.CenterCrop(32), T.ToTensor(), norm]), (mean, std), (3, 32, 32))
+    assert not _closed_form_holds(T.Compose([T.Resize(40), T.CenterCrop(32), T.ToTensor(), norm]), (mean, std),
+                                  (3, 32, 32))
+
+    (tmp_path / "p.pkl").write_bytes(pickle.dumps(pixels_of))
+    code = ("import pickle, sys; import numpy as np; p = pickle.loads(open(sys.argv[1], 'rb').read()); "
+            "p.uint8_batch(np.zeros((2, 32, 32, 3), np.uint8)); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p.pkl")], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "False"  # a decode worker never imports torch for model-sized images
