@@ -44,9 +44,6 @@ class EncoderWorker:
         size = self.encoder.image_size
         self.dim = int(self.encoder.encode_images(torch.zeros(1, 3, size, size)).shape[1])
 
-    def ready(self) -> int:
-        return self.dim
-
     def encode_block(self, block, start: int | None = None, stop: int | None = None) -> dict:
         """Embeddings of one decoded block (rows ``start:stop`` of it when Ray Data hands out a slice)."""
         from ray.data.block import BlockAccessor
@@ -83,9 +80,8 @@ class PoolShape:
 
 @dataclass
 class EncoderPool:
-    shape: PoolShape
     actors: list = field(default_factory=list)
-    job_id: str = ""
+    job_id: str = ""  # the Ray job the actors belong to
 
     @classmethod
     def start(cls, shape: PoolShape) -> "EncoderPool":
@@ -94,7 +90,7 @@ class EncoderPool:
         remote = ray.remote(EncoderWorker).options(
             num_cpus=1, num_gpus=shape.gpus_per_actor, max_restarts=RESTARTS, max_task_retries=RESTARTS)
         actors = [remote.remote(shape.spec, shape.device, shape.threads) for _ in range(shape.size)]
-        return cls(shape, actors, ray.get_runtime_context().get_job_id())
+        return cls(actors, ray.get_runtime_context().get_job_id())
 
     def usable(self) -> bool:
         """False once Ray was shut down or re-initialised under the pool (its actors are gone)."""
