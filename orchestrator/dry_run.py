@@ -383,6 +383,31 @@ def label_group(config: SweepConfig, dataset: DatasetStatus, budget_name: str, s
     return group
 
 
+def certain_budget_errors(config: SweepConfig) -> list[str]:
+    """Budgets that cannot fit a pool on disk, found before Ray starts and before anything is embedded.
+
+    A first sweep on ImageNet embeds for an hour before the trials' own check (:class:`ActiveLearningRun`)
+    would say the budget is too large. Only a pool the source counts here is grounds for refusal: the features
+    trials draw from are at most the source's images (corrupt ones may be skipped), and cold-start labels only
+    add to a budget, so an error here is an error there. A card's stated size is never trusted (a user's copy
+    may differ), and a split that cannot be opened without a download is left to the sweep.
+    """
+    from datasets.registry import get_card
+
+    errors = []
+    for name in config.datasets:
+        try:
+            pool = len(_open_without_download(name, config.splits_of(name)[0], config.dataset_options.get(name, {})))
+        except Exception:  # noqa: BLE001 - absent or unreadable here: the sweep's preparation reports it
+            continue
+        status = DatasetStatus(name, "", get_card(name).num_classes, [], "", pool, "data")
+        for budget_name, schedule in config.budgets.items():
+            group = label_group(config, status, budget_name, schedule)
+            if group.error and group.methods:
+                errors.append(f"{name}, budget {budget_name!r}: {group.error}")
+    return errors
+
+
 # ----------------------------------------------------------------- the report
 
 

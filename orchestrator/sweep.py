@@ -390,6 +390,7 @@ def _run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None =
     workdir.mkdir(parents=True, exist_ok=True)
     descriptions = sweep_descriptions(config)  # a missing description file fails before Ray starts
     attributes = sweep_attributes(config)  # so does a missing attribute file
+    _refuse_impossible_budgets(config)  # so does a budget larger than a pool on disk
     check_tracking_server(config.tracking_uri)  # so does an unreachable MLflow server or a wrong password
     ensure_ray(config.address)
     nodes = check_shared_paths({"trial store": workdir / "trials", "Tune storage path": _storage_path(config)})
@@ -451,6 +452,15 @@ def _run_sweep(config: SweepConfig, console=None, extra_callbacks: list | None =
     return SweepOutcome(config.experiment, config.tracking_uri, parent, len(trials), len(finished),
                         len(resumable), failed, time.time() - t0, embed_seconds, callback.log_seconds,
                         unlogged=len(callback.queue.pending), tracking_outages=callback.queue.outages)
+
+
+def _refuse_impossible_budgets(config: SweepConfig) -> None:
+    from .budget import BudgetError
+    from .dry_run import certain_budget_errors
+
+    errors = certain_budget_errors(config)
+    if errors:
+        raise BudgetError("; ".join(errors))
 
 
 def trial_name(trial: dict) -> str:

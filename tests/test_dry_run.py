@@ -146,6 +146,18 @@ def test_a_budget_larger_than_the_pool_exits_2(capsys, tmp_path):
     assert code == 2 and "pool has only 5000 images" in summary["config_errors"][0]
 
 
+
+def test_only_a_pool_counted_on_disk_refuses_a_sweep_before_ray_starts(tmp_path, empty_root):
+    """The sweep's pre-check: a card's stated size (dtd: 2,820) is no ground for refusal, a counted pool is."""
+    from orchestrator.config import load_config
+    from orchestrator.dry_run import certain_budget_errors
+
+    huge = {"huge": {"kind": "per_round", "count": 4000}, "ok": {"kind": "per_round", "count": 10}}
+    assert certain_budget_errors(load_config(_config(tmp_path, datasets=["dtd"], budgets=huge))) == []
+    errors = certain_budget_errors(load_config(_config(tmp_path, budgets=huge)))
+    assert len(errors) == 1 and errors[0].startswith("synth-shapes, budget 'huge'") and "only 5000" in errors[0]
+
+
 # The paper configs name real datasets and ViT weights, so on this machine they are missing (exit 3); the trial
 # counts and label totals are what the configs' comments derive from the papers.
 PAPER_CONFIGS = {

@@ -125,13 +125,17 @@ def test_config_errors_are_caught_before_ray_starts(tmp_path, session_cache):
     assert len(hashes) == len(cfg.trials()) == 4
 
 
-def test_budget_larger_than_the_pool_is_reported_by_the_cli(tmp_path, session_cache):
-    path = _config(tmp_path, session_cache, name="toolarge", datasets=["synth-shapes"], seeds=[0],
+def test_budget_larger_than_the_pool_is_reported_by_the_cli_before_anything_is_embedded(tmp_path):
+    """The pool on disk is counted before Ray starts: a first sweep need not embed a dataset to learn this."""
+    cache = tmp_path / "cache"
+    path = _config(tmp_path, cache, name="toolarge", datasets=["synth-shapes"], seeds=[0],
                    methods=["random+zeroshot"], budgets={"huge": {"kind": "per_round", "count": 500}})
     out = subprocess.run([sys.executable, "experiments/sweep.py", str(path)], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 2
-    assert "pool has only 300 images" in out.stderr
+    assert "synth-shapes, budget 'huge'" in out.stderr and "pool has only 300 images" in out.stderr
+    assert not cache.exists() or not any(cache.iterdir())  # nothing was embedded
+    assert "Ray" not in out.stderr  # nor was a cluster started
 
 
 def _metrics_by_hash(uri, experiment):
