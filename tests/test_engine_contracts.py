@@ -203,7 +203,8 @@ def test_pairing_is_checked_before_ray_starts(tmp_path, plugin_file):
     assert "selector" not in plain["method"] and "cards" not in plain and "blackbox" not in plain
 
 
-def test_file_plugins_run_in_a_real_sweep_and_resume_in_a_fresh_process(tmp_path, plugin_file, session_cache):
+def test_file_plugins_run_in_a_real_sweep_and_resume_in_a_fresh_process(tmp_path, plugin_file, session_cache,
+                                                                          ray_cluster):
     """Plug-in modules have one name in every process, so workers unpickle their predictors and a new driver
     resumes their checkpoints (the salted hash() of the first version broke both). A failing trial makes
     the CLI exit 1 while the others finish."""
@@ -217,7 +218,8 @@ def test_file_plugins_run_in_a_real_sweep_and_resume_in_a_fresh_process(tmp_path
     cfg = _write(tmp_path, "plug", plugins=[plugin_file, str(boom)], seeds=[0], max_concurrent=1,
                  cache=str(session_cache),
                  methods=["test_miner+test_centroids", "test_needs_clean+test_attr_centroids", "random+boom"])
-    command = [sys.executable, "experiments/sweep.py", str(cfg), "--no-report"]
+    command = [sys.executable, "experiments/sweep.py", str(cfg), "--no-report", "--address",
+               ray_cluster.get_runtime_context().gcs_address]  # each driver a fresh process, as a user's are
     kill_after_states(command, env, tmp_path / "plug" / "trials", 2)
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 1 and '"failed": 1' in done.stdout, done.stderr[-3000:]
