@@ -18,6 +18,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SIZES = {"sizes": {"train": 80, "test": 40}}  # one pool for the module's sweeps: embedded once, in the session cache
 PORT = _free_port()  # Serve's HTTP proxy binds once per cluster: every test here shares it
 
 
@@ -70,7 +71,7 @@ def test_a_sweep_drives_valiant_through_ray_serve_and_the_server_counts_what_mlf
     methods = [{"name": "valiant", "acquisition": "valiant", "adaptation": "linear_probe",
                 "selector": {"adaptation": "vipd", "adaptation_options": fast}}]
     path = _config(tmp_path, session_cache, name="served", datasets=[DATASET], methods=methods, seeds=[0],
-                   rounds=1, dataset_options={DATASET: {"sizes": {"train": 80, "test": 40}}},
+                   rounds=1, dataset_options={DATASET: SIZES},
                    budgets={"b": {"kind": "per_round", "count": 5}}, blackbox={"serve": True, "port": PORT})
     config = load_config(path)
     outcome = run_sweep(config)
@@ -112,7 +113,7 @@ def test_an_endpoint_down_fails_the_trial_clearly_and_the_rerun_finishes_it(serv
     methods = [{"name": "valiant", "acquisition": "valiant", "adaptation": "linear_probe",
                 "selector": {"adaptation": "vipd", "adaptation_options": {"steps": 1, "batch_size": 8, "draws": 1}}}]
     path = _config(tmp_path, session_cache, name="down", datasets=[DATASET], methods=methods, seeds=[0], rounds=1,
-                   dataset_options={DATASET: {"sizes": {"train": 60, "test": 30}}}, retries=0,
+                   dataset_options={DATASET: SIZES}, retries=0,
                    budgets={"b": {"kind": "per_round", "count": 5}}, blackbox={"url": url})
     config = load_config(path)
     try:
