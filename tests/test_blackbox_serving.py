@@ -10,6 +10,7 @@ import pytest
 from methods.core.blackbox import BlackBoxUnreachable, ClipBlackBoxSpec, ServedBlackBoxSpec, served_queries
 
 DATASET = "synth-lesions"
+SIZES = {"sizes": {"train": 80, "test": 40}}  # one small pool for the module's sweeps, embedded once
 
 
 def _free_port() -> int:
@@ -18,7 +19,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-SIZES = {"sizes": {"train": 80, "test": 40}}  # one pool for the module's sweeps: embedded once, in the session cache
 PORT = _free_port()  # Serve's HTTP proxy binds once per cluster: every test here shares it
 
 

@@ -15,6 +15,7 @@ from orchestrator.config import ConfigError, load_config
 from orchestrator.loop import ActiveLearningRun, RoundState
 from tests.conftest import ROOT
 from tests.test_loop import _data, _strip
+from tests.test_sweep import SIZES
 
 PLUGIN = '''
 from dataclasses import dataclass
@@ -183,7 +184,7 @@ def test_named_outputs_reach_strategies_and_queried_only_training(plugin_file):
 
 def _write(tmp_path, name, **cfg):
     base = {"name": name, "datasets": ["synth-shapes"], "budgets": {"b": {"kind": "per_round", "count": 5}},
-            "dataset_options": {"synth-shapes": {"sizes": {"train": 200, "test": 60}}},
+            "dataset_options": {"synth-shapes": SIZES},  # test_sweep's pool, embedded once per session
             "workdir": str(tmp_path / name), "rounds": 2, "retries": 0}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**base, **cfg}))
