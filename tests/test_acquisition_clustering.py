@@ -23,7 +23,8 @@ from sklearn.datasets import make_blobs
 import methods.acquisition.clustering  # noqa: F401  (registers the strategies)
 from methods.core.predictors import LinearPredictor
 from methods.base import Predictor, SelectionContext
-from methods.kernels.clustering import kmeans, knn, min_dist_to_other_cluster
+from methods.kernels.clustering import kmeans, knn
+from methods.kernels.radius import min_dist_to_other_cluster
 from methods.registry import ACQUISITIONS
 from methods.validation import check_selection_inputs
 

@@ -58,15 +58,18 @@ def _dense_k_center(x, candidates, labelled, budget, rng):
     return candidates[picks]
 
 
-@pytest.mark.parametrize("n_labelled,refresh,prefilter", [
-    (0, "lazy", "none"), (1, "lazy", "bf16"), (40, "lazy", "none"), (40, "lazy", "bf16"), (300, "lazy", "bf16"),
-    (40, "dense", "bf16"), (0, "dense", "none")])
-def test_lazy_k_center_picks_what_the_dense_update_picks(n_labelled, refresh, prefilter, monkeypatch):
+@pytest.mark.parametrize("n_labelled,refresh,prefilter,bound", [
+    (0, "lazy", "none", "dense"), (1, "lazy", "bf16", "dense"), (40, "lazy", "none", "dense"),
+    (40, "lazy", "bf16", "dense"), (300, "lazy", "bf16", "dense"), (40, "dense", "bf16", "dense"),
+    (0, "dense", "none", "dense"), (1, "lazy", "none", "cells"), (40, "lazy", "none", "cells"),
+    (300, "lazy", "none", "cells"), (300, "dense", "none", "cells")])
+def test_lazy_k_center_picks_what_the_dense_update_picks(n_labelled, refresh, prefilter, bound, monkeypatch):
     """Stale upper bounds refreshed only at the top of the order give the textbook picks, in order:
-    from exact float32 distances to the labelled set or from their bfloat16 bounds, on the lazy path
-    or (a pathological pool's fallback) the dense pass."""
+    from exact float32 distances to the labelled set, from their bfloat16 bounds or from each candidate's
+    cell of labelled points, on the lazy path or (a pathological pool's fallback) the dense pass."""
     from methods.kernels import kcenter
 
+    monkeypatch.setattr(kcenter, "MIN_CELL_POINTS", 1)  # cells even for one labelled point
     if refresh == "dense":  # every pick falls back to one dense refresh of all bounds
         monkeypatch.setattr(kcenter, "DENSE_FRACTION", 10 ** 9)
         monkeypatch.setattr(kcenter, "REFRESH_BATCH", 1)
@@ -75,7 +78,7 @@ def test_lazy_k_center_picks_what_the_dense_update_picks(n_labelled, refresh, pr
     rows = np.random.default_rng(1).permutation(len(x))
     labelled, candidates = np.sort(rows[:n_labelled]), np.sort(rows[n_labelled + 100:])  # 100 rows in neither
     got = kcenter.greedy_k_center(x, candidates, labelled, 120, np.random.default_rng(3), device="cpu",
-                                  prefilter=prefilter)
+                                  prefilter=prefilter, bound=bound)
     assert got.tolist() == _dense_k_center(x, candidates, labelled, 120, np.random.default_rng(3)).tolist()
 
 
@@ -95,12 +98,30 @@ def test_bf16_bounds_never_fall_below_the_exact_distance(dim, scale):
     assert np.median((bound - exact) / norms) < 2 * kcenter.bf16_margin(dim)  # and not uselessly loose
 
 
-def test_k_center_prefilter_must_be_known():
+def test_cell_bounds_are_valid_and_mostly_tight():
+    """Bounds from the candidate's own cell never fall below the nearest labelled distance, and on clustered
+    features they equal it (to the float32 margin) for nearly every candidate."""
+    from methods.kernels import kcenter
+
+    x, _ = _clustered(n=6000, d=64, k=40, seed=9)
+    centres, rows = x[:600], np.arange(600, 6000)
+    q, c = x[rows].astype(np.float64), centres.astype(np.float64)
+    exact = ((q * q).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2 * q @ c.T).min(1)
+    bound = kcenter._cell_upper_bound(x, rows, centres, 1 << 20, "cpu")
+    assert (bound >= exact).all()
+    margin = kcenter.float32_margin(64) * (np.sqrt((q * q).sum(1)) + np.sqrt((c * c).sum(1)).max()) ** 2
+    assert np.mean(bound <= exact + 2 * margin) > 0.9  # the bound carries one margin, float32 rounding another
+
+
+def test_k_center_prefilter_and_bound_must_be_known():
     from methods.kernels import greedy_k_center
 
     with pytest.raises(ValueError, match="prefilter must be 'auto', 'bf16' or 'none'"):
         greedy_k_center(np.zeros((4, 2), np.float32), np.arange(2, 4), np.arange(2), 1, np.random.default_rng(0),
                         prefilter="fp8")
+    with pytest.raises(ValueError, match="bound must be 'cells' or 'dense'"):
+        greedy_k_center(np.zeros((4, 2), np.float32), np.arange(2, 4), np.arange(2), 1, np.random.default_rng(0),
+                        bound="tree")
 
 
 def test_factorised_badge_distance_equals_the_dense_gradient_embedding():
@@ -142,7 +163,7 @@ def test_badge_matches_dense_kmeanspp_and_beats_random_on_its_objective(seed):
     probs /= probs.sum(1, keepdims=True)
     labelled = rng.choice(len(x), 20, replace=False)
     ctx = _ctx(x, labelled, probs)
-    ours = ACQUISITIONS.create("badge").select(ctx, 25, np.random.default_rng(seed)).indices
+    ours = ACQUISITIONS.create("badge", sampling="inverse_cdf").select(ctx, 25, np.random.default_rng(seed)).indices
     dense = _dense_kmeanspp(probs, x, ctx.unlabelled, 25, np.random.default_rng(seed))
     assert ours.tolist() == dense.tolist()
     # k-means++ is randomised: compare its expected potential with random sampling's over ten draws.
@@ -151,6 +172,57 @@ def test_badge_matches_dense_kmeanspp_and_beats_random_on_its_objective(seed):
     random_mean = np.mean([kmeanspp_potential(probs, x, ctx.unlabelled, np.random.default_rng(100 + k).choice(
         ctx.unlabelled, 25, replace=False)) for k in range(10)])
     assert badge_mean < random_mean
+
+
+def _softmax_pool(n, d, classes, seed):
+    x, _ = _clustered(n=n, d=d, seed=seed)
+    rng = np.random.default_rng(seed)
+    logits = x @ rng.normal(size=(d, classes)).astype(np.float32) * 0.3
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    return x, (probs / probs.sum(1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("max_pending", [1, 1024])
+def test_badge_rejection_draws_follow_the_textbook_d2_law(max_pending, monkeypatch):
+    """The joint law of the second and third centres on a 6-candidate pool, over 3,000 seeds, against the exact
+    D^2 probabilities from the materialised gradient embedding (chi-square); ``max_pending=1`` folds every
+    centre into the distances before the next draw, 1,024 never does here."""
+    from scipy.stats import chisquare
+
+    from methods.kernels import badge as kernel
+
+    monkeypatch.setattr(kernel._RejectionD2, "MAX_PENDING", max_pending)
+    x, probs = _softmax_pool(40, 4, 3, seed=5)
+    candidates = np.arange(34, 40)
+    g = np.einsum("nc,nd->ncd", gradient_factors(probs[candidates]), x[candidates]).reshape(6, -1).astype(np.float64)
+    sq = ((g[:, None] - g[None]) ** 2).sum(-1)
+    first = int(np.argmax((g ** 2).sum(1)))
+    expected = np.zeros((6, 6))
+    for j in range(6):
+        for k in range(6):
+            if len({first, j, k}) == 3:
+                w3 = np.minimum(sq[first], sq[j])
+                w3[[first, j]] = 0
+                expected[j, k] = sq[first, j] / sq[first].sum() * w3[k] / w3.sum()
+    counts = np.zeros((6, 6))
+    for seed in range(3000):
+        picks = kernel.badge_kmeanspp(probs, x, candidates, 3, np.random.default_rng(seed), device="cpu")
+        assert picks[0] == candidates[first]
+        counts[picks[1] - 34, picks[2] - 34] += 1
+    cells = expected > 0
+    assert counts[~cells].sum() == 0
+    assert chisquare(counts[cells], expected[cells] * 3000).pvalue > 1e-3
+
+
+def test_badge_rejection_and_inverse_cdf_draws_reach_the_same_potential():
+    x, probs = _softmax_pool(1500, 16, 10, seed=6)
+    ctx = _ctx(x, np.random.default_rng(6).choice(len(x), 20, replace=False), probs)
+    mean = {sampling: np.mean([kmeanspp_potential(probs, x, ctx.unlabelled, ACQUISITIONS.create(
+        "badge", sampling=sampling).select(ctx, 100, np.random.default_rng(k)).indices) for k in range(6)])
+        for sampling in ("rejection", "inverse_cdf")}
+    assert mean["rejection"] == pytest.approx(mean["inverse_cdf"], rel=0.05)
+    with pytest.raises(ValueError, match="sampling"):
+        ACQUISITIONS.create("badge", sampling="metropolis")
 
 
 def test_badge_with_several_draws_per_pass_keeps_the_kmeanspp_potential():

@@ -8,8 +8,8 @@ from sklearn.datasets import make_blobs
 from sklearn.neighbors import NearestNeighbors
 
 from methods.acquisition.clustering import purity_delta
-from methods.kernels.clustering import (assign, kmeans, knn, knn_radius_graph, min_dist_to_other_cluster,
-                                        nearest_to_centroids, radius_graph)
+from methods.kernels.clustering import assign, kmeans, knn, nearest_to_centroids
+from methods.kernels.radius import knn_radius_graph, min_dist_to_other_cluster, radius_graph
 
 BACKENDS = ["faiss", "torch"]
 
@@ -70,9 +70,11 @@ def test_torch_backend_equals_faiss_backend():
     assert (i_f == i_t).mean() > 0.999  # only exact distance ties may swap
     np.testing.assert_allclose(df, dt, rtol=1e-4, atol=1e-3)
     radius = _clear_radius(cdist(x, x), 4.0)
-    gf = radius_graph(x, radius, backend="faiss", device="cpu")
-    gt = radius_graph(x, radius, backend="torch", device="cpu", working_bytes=1 << 16)
+    gf = radius_graph(x, radius, backend="faiss", device="cpu", prefilter="none")
+    gt = radius_graph(x, radius, backend="torch", device="cpu", working_bytes=1 << 16, prefilter="none")
+    gb = radius_graph(x, radius, device="cpu", working_bytes=1 << 16, prefilter="bf16")
     assert np.array_equal(gf[0], gt[0]) and np.array_equal(gf[1], gt[1])
+    assert np.array_equal(gf[0], gb[0]) and np.array_equal(gf[1], gb[1])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -118,21 +120,28 @@ def test_knn_drops_the_row_itself_even_among_duplicates():
         assert (i[:, 0] != np.arange(len(x))).all() and (d[:, 0] == 0).all()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_radius_graph_and_purity_distances_equal_dense_references(backend):
+#: (backend, prefilter): faiss and torch decide on float32 distances, the bfloat16 prefilter on certified bounds
+#: and float64 (forced here, so it runs even where the CPU only emulates bfloat16).
+PATHS = [("faiss", "none"), ("torch", "none"), (None, "bf16")]
+
+
+@pytest.mark.parametrize("backend,prefilter", PATHS)
+def test_radius_graph_and_purity_distances_equal_dense_references(backend, prefilter):
     x, _ = _blobs(n=600, seed=2)
     dense = cdist(x, x)
     radius = _clear_radius(dense, float(np.quantile(dense, 0.02)))
-    indptr, indices = radius_graph(x, radius, backend=backend, device="cpu", working_bytes=1 << 15)
+    indptr, indices = radius_graph(x, radius, backend=backend, device="cpu", working_bytes=1 << 15,
+                                   prefilter=prefilter)
     for r in (0, 17, 599):
         row = indices[indptr[r]: indptr[r + 1]]
         assert row[0] == r and sorted(row[1:].tolist()) == sorted(set(np.flatnonzero(dense[r] < radius)) - {r})
     assert indptr[-1] == (dense < radius).sum()
     with pytest.raises(RuntimeError, match="more than"):
-        radius_graph(x, radius, backend=backend, device="cpu", max_edges=len(x))
+        radius_graph(x, radius, backend=backend, device="cpu", max_edges=len(x), prefilter=prefilter)
     # Bipartite: every row to a subset of target rows, neighbours as positions in ``targets``.
     targets = np.sort(np.random.default_rng(0).choice(len(x), 150, replace=False))
-    bptr, bidx = radius_graph(x, radius, backend=backend, device="cpu", working_bytes=1 << 15, targets=targets)
+    bptr, bidx = radius_graph(x, radius, backend=backend, device="cpu", working_bytes=1 << 15, targets=targets,
+                              prefilter=prefilter)
     expected = dense[:, targets] < radius
     assert bptr[-1] == expected.sum()
     for r in range(len(x)):
@@ -141,8 +150,41 @@ def test_radius_graph_and_purity_distances_equal_dense_references(backend):
     assert np.diff(capped_ptr).max() <= 4 and (capped[capped_ptr[:-1]] == np.arange(len(x))).all()
     labels = KMeans(5, random_state=0, n_init=1).fit_predict(x)
     other = np.where(labels[:, None] != labels[None, :], dense, np.inf).min(1)
-    np.testing.assert_allclose(min_dist_to_other_cluster(x, labels, device="cpu", working_bytes=1 << 15), other,
-                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(min_dist_to_other_cluster(x, labels, device="cpu", working_bytes=1 << 15,
+                                                         prefilter=prefilter), other, rtol=1e-4, atol=1e-3)
+
+
+def _exact_dense(x):
+    from methods.kernels.lowp import exact_sq_dist
+
+    i, j = np.meshgrid(np.arange(len(x)), np.arange(len(x)), indexing="ij")
+    return exact_sq_dist(x, i.ravel(), j.ravel()).reshape(len(x), len(x))
+
+
+@pytest.mark.parametrize("dim,scale", [(16, 1.0), (512, 0.05)])
+def test_bf16_prefilter_is_exact_in_float64_even_at_the_purity_radius(dim, scale):
+    """Purity distances are the float64 ones, and a graph at one of them as radius leaves out exactly the pairs
+    at that distance: the boundary pair is decided the same way in both kernels. Crowded radii (many pairs
+    near the threshold, d = 16) and norms far from 1 (the bound scales with them) included."""
+    rng = np.random.default_rng(dim)
+    x = (rng.standard_normal((500, dim)) * scale * rng.uniform(0.5, 2.0, (500, 1))).astype(np.float32)
+    x[7] = x[3]  # a duplicate: distance exactly 0
+    labels = KMeans(6, random_state=0, n_init=1).fit_predict(x)
+    sq = _exact_dense(x)
+    other = np.sqrt(np.where(labels[:, None] != labels[None, :], sq, np.inf).min(1))
+    purity = min_dist_to_other_cluster(x, labels, device="cpu", working_bytes=1 << 14, prefilter="bf16")
+    assert np.array_equal(purity, other)
+    for radius in (float(np.median(purity)), float(np.quantile(np.sqrt(sq), 0.3))):
+        indptr, indices = radius_graph(x, radius, device="cpu", working_bytes=1 << 14, prefilter="bf16")
+        within = np.sqrt(sq) < radius
+        assert indptr[-1] == within.sum()
+        for r in range(len(x)):
+            row = indices[indptr[r]: indptr[r + 1]]
+            assert row[0] == r and row[1:].tolist() == sorted(set(np.flatnonzero(within[r])) - {r})
+        targets = np.arange(0, 500, 3)
+        bptr, bidx = radius_graph(x, radius, device="cpu", working_bytes=1 << 14, targets=targets, prefilter="bf16")
+        assert all(bidx[bptr[r]: bptr[r + 1]].tolist() == np.flatnonzero(within[r, targets]).tolist()
+                   for r in range(len(x)))
 
 
 def test_purity_delta_matches_a_brute_force_grid_search():

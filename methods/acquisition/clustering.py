@@ -17,8 +17,8 @@ from pydantic import Field, field_validator
 
 from ..base import POOL_FEATURES, PREDICTOR, AcquisitionStrategy, Selection, SelectionContext
 from ..feature_space import FeatureSpace, features_in_space, space_inputs
-from ..kernels.clustering import (TooManyEdges, kmeans, knn, knn_radius_graph, min_dist_to_other_cluster,
-                                  nearest_to_centroids, radius_graph)
+from ..kernels.clustering import kmeans, knn, nearest_to_centroids
+from ..kernels.radius import TooManyEdges, knn_radius_graph, min_dist_to_other_cluster, radius_graph
 from ..options import Int, Number, PluginOptions
 from ..registry import register_acquisition
 
@@ -187,6 +187,14 @@ class ProbCover(AcquisitionStrategy):
     faiss inverted-file index (4 sqrt(M) cells, ``ivf_nprobe`` probed,
     seeded), which may miss neighbours in unprobed cells.
 
+    Arithmetic (``prefilter``): on a CPU with native bfloat16 both the
+    purity distances and the graph come from bfloat16 products whose
+    certified error bound decides most pairs, the rest recomputed in float64
+    (``methods.kernels.radius``): float64-exact, about twice as fast, and the
+    pair at distance exactly delta is left out by both. ``none`` (and GPUs)
+    use float32, which can decide pairs within float32 rounding of delta
+    differently; picks differ only where such a pair changes a coverage count.
+
     Deviations: the exact purity solution above instead of the authors' grid /
     binary search, and its sampled estimate on pools above ``purity_sample``;
     the sampled graph above ``graph_sample``; k-means is faiss/torch Lloyd
@@ -209,6 +217,9 @@ class ProbCover(AcquisitionStrategy):
         ivf_nprobe: Int = Field(8, ge=1, description="IVF cells probed")
         graph_sample: Int | None = Field(20000, ge=1, description="unlabelled points coverage is counted on; "
                                                                   "None: the exact graph")
+        prefilter: Literal["auto", "bf16", "none"] = Field(
+            "auto", description="bfloat16 products decide what their error bound can (auto: where the CPU has "
+                                "them natively), float64 the rest; none: float32")
 
         @field_validator("purity_grid")
         @classmethod
@@ -229,7 +240,8 @@ class ProbCover(AcquisitionStrategy):
         queries = None
         if self.purity_sample is not None and len(x) > self.purity_sample:
             queries = np.sort(rng.choice(len(x), size=self.purity_sample, replace=False))
-        d_other = min_dist_to_other_cluster(x, clusters, queries, working_bytes=self.working_mb << 20)
+        d_other = min_dist_to_other_cluster(x, clusters, queries, working_bytes=self.working_mb << 20,
+                                            prefilter=self.prefilter)
         return purity_delta(d_other, self.alpha, self.purity_grid)
 
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
@@ -264,7 +276,7 @@ class ProbCover(AcquisitionStrategy):
         while True:
             try:
                 indptr, indices = radius_graph(x, delta, working_bytes=wb, max_edges=self.max_edges, ivf=ivf,
-                                               targets=targets)
+                                               targets=targets, prefilter=self.prefilter)
                 return indptr, indices, searched
             except TooManyEdges:
                 if targets is None:

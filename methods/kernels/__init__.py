@@ -2,7 +2,8 @@
 
 from .ann import approximate_knn
 from .badge import badge_kmeanspp, factorised_sq_dist
-from .clustering import kmeans, knn, min_dist_to_other_cluster, nearest_to_centroids, radius_graph
+from .clustering import kmeans, knn, nearest_to_centroids
+from .radius import min_dist_to_other_cluster, radius_graph
 from .kcenter import greedy_k_center
 
 __all__ = ["approximate_knn", "badge_kmeanspp", "factorised_sq_dist", "greedy_k_center", "kmeans", "knn",

@@ -1,4 +1,4 @@
-"""k-means, exact kNN and radius graphs for the clustering strategies, memory-bounded at any pool size.
+"""k-means and exact kNN for the clustering strategies, memory-bounded at any pool size.
 
 Backends:
 
@@ -33,10 +33,6 @@ from methods.core.devices import pick_device
 from ._torch import as_tensor, rows_per_chunk
 
 DEFAULT_WORKING_BYTES = 256 << 20
-
-
-class TooManyEdges(RuntimeError):
-    """The radius graph would exceed ``max_edges``; use a smaller radius or a degree-capped graph."""
 
 
 def _faiss():
@@ -189,7 +185,8 @@ def kmeanspp_init(x: np.ndarray, k: int, rng: np.random.Generator, weights: np.n
 
 def _lloyd_torch(x: np.ndarray, init: np.ndarray, niter: int, weights: np.ndarray | None, device: str,
                  working_bytes: int) -> np.ndarray:
-    """``niter`` Lloyd iterations (assign, then weighted means) on ``device``; returns the centroids.
+    """Up to ``niter`` Lloyd iterations (assign, then weighted means) on ``device``, stopping at a fixed
+    point (the same result as running all ``niter``); returns the centroids.
 
     An empty cluster takes over the point farthest from its centroid (its
     distance is then zero), so every centroid keeps a point.
@@ -213,6 +210,8 @@ def _lloyd_torch(x: np.ndarray, init: np.ndarray, niter: int, weights: np.ndarra
         if empty:
             far = torch.argsort(d, descending=True)[: len(empty)]
             new[torch.as_tensor(empty, device=device)] = xt[far]
+        if torch.equal(new, ct):  # a fixed point: every later iteration would return it again
+            break
         ct = new
     return ct.cpu().numpy()
 
@@ -401,149 +400,3 @@ def knn(x: np.ndarray, k: int, queries: np.ndarray | None = None, device: str | 
         out_d[s: s + step] = (v + (qb * qb).sum(1, keepdim=True)).clamp_min_(0).cpu().numpy()
         out_i[s: s + step] = i.cpu().numpy()
     return out_d, out_i
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Radius graph and cluster purity (ProbCover)
-
-
-def radius_graph(x: np.ndarray, radius: float, device: str | None = None, backend: str | None = None,
-                 working_bytes: int = DEFAULT_WORKING_BYTES, max_edges: int | None = None,
-                 ivf: tuple[int, int, int] | None = None,
-                 targets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """CSR adjacency ``(indptr (n+1,) int64, indices (E,) int32)`` of ``||x_i - x_j|| < radius``.
-
-    Every row lists itself first (a self-loop), then its other neighbours in
-    increasing row id. Built block by block (faiss ``range_search`` or blocked
-    torch distances), never as a dense N x N matrix; raises
-    :class:`TooManyEdges` as soon as the edge count would pass ``max_edges``.
-
-    ``targets`` (row ids) makes the graph bipartite: row i lists the positions
-    ``t`` in ``targets`` with ``||x_i - x_targets[t]|| < radius``, in
-    increasing order (a row that is itself a target finds itself at distance 0;
-    no self-loop is added). Cost O(N |targets| d) instead of O(N^2 d).
-
-    ``ivf=(nlist, nprobe, seed)`` searches a faiss inverted-file index instead
-    (faiss backend only): each point is compared with the ``nprobe`` of
-    ``nlist`` k-means cells nearest to it, so the cost drops from O(N^2 d) to
-    about O(N^2 d nprobe / nlist) and the graph may miss neighbours that sit in
-    other cells -- an approximation for pools where the exact graph is too slow.
-    """
-    import torch
-
-    x = _f32(x)
-    n = len(x)
-    if not radius > 0:
-        raise ValueError(f"radius_graph: radius must be > 0, got {radius}")
-    backend, device = resolve_backend(device, backend)
-    bipartite = targets is not None
-    base = x[np.asarray(targets, dtype=np.int64)] if bipartite else x
-    counts = np.empty(n, dtype=np.int64)
-    parts: list[np.ndarray] = []
-    total = 0
-    r2 = float(radius) ** 2
-    if ivf is not None and backend != "faiss":
-        raise ValueError("radius_graph: the inverted-file approximation needs the faiss backend")
-    if backend == "faiss":
-        if ivf is None:
-            index = _faiss_index(x.shape[1], device.startswith("cuda") and faiss_has_gpu())
-        else:
-            index = _ivf_index(base, *ivf)
-        index.add(base)
-        step = max(1, rows_per_chunk(len(base), working_bytes) // 4)
-    else:
-        xt = as_tensor(x, device)
-        bt = as_tensor(base, device) if bipartite else xt
-        b_norm = (bt * bt).sum(1)
-        step = rows_per_chunk(len(base), working_bytes)
-    for s in range(0, n, step):
-        e = min(n, s + step)
-        if backend == "faiss":
-            lims, _, nbr = index.range_search(x[s:e], r2)
-            rows = np.repeat(np.arange(e - s), np.diff(lims.astype(np.int64)))
-        else:
-            qb = xt[s:e]
-            d = torch.addmm(b_norm[None, :], qb, bt.T, alpha=-2)  # ||x_j||^2 - 2 q.x_j; ||q||^2 moves right
-            rows_t, nbr_t = torch.nonzero(d < r2 - (qb * qb).sum(1, keepdim=True), as_tuple=True)
-            rows, nbr = rows_t.cpu().numpy(), nbr_t.cpu().numpy()
-        if not bipartite:  # the self-loop goes first below, whatever distance the search gave it
-            keep = nbr != rows + s
-            rows, nbr = rows[keep], nbr[keep]
-        nbr = nbr.astype(np.int64)
-        order = np.lexsort((nbr, rows))
-        rows, nbr = rows[order], nbr[order]
-        c = np.bincount(rows, minlength=e - s) + (0 if bipartite else 1)
-        counts[s:e] = c
-        total += int(c.sum())
-        if max_edges is not None and total > max_edges:
-            raise TooManyEdges(f"radius graph at radius {radius:.4g} has more than {max_edges} edges")
-        if bipartite:
-            parts.append(nbr.astype(np.int32))
-            continue
-        block = np.empty(int(c.sum()), dtype=np.int32)
-        starts = np.concatenate([[0], np.cumsum(c)[:-1]])
-        block[starts] = np.arange(s, e)
-        rank = np.arange(len(rows)) - np.concatenate([[0], np.cumsum(c - 1)[:-1]])[rows]
-        block[starts[rows] + 1 + rank] = nbr
-        parts.append(block)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    indices = np.concatenate(parts) if parts else np.empty(0, np.int32)
-    return indptr, indices
-
-
-def knn_radius_graph(x: np.ndarray, radius: float, max_degree: int, device: str | None = None,
-                     backend: str | None = None,
-                     working_bytes: int = DEFAULT_WORKING_BYTES) -> tuple[np.ndarray, np.ndarray]:
-    """Like :func:`radius_graph` but each row keeps only its ``max_degree - 1`` nearest neighbours within radius."""
-    x = _f32(x)
-    n = len(x)
-    kk = int(min(max(1, max_degree - 1), n - 1))
-    d, i = knn(x, kk, device=device, backend=backend, working_bytes=working_bytes)
-    within = d < float(radius) ** 2
-    counts = within.sum(1) + 1
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    indices = np.empty(int(indptr[-1]), dtype=np.int32)
-    indices[indptr[:-1]] = np.arange(n)
-    rows, cols = np.nonzero(within)
-    rank = cols  # neighbours are sorted nearest first, so the in-radius ones form a prefix
-    indices[indptr[rows] + 1 + rank] = i[rows, cols]
-    return indptr, indices
-
-
-def min_dist_to_other_cluster(x: np.ndarray, labels: np.ndarray, queries: np.ndarray | None = None,
-                              device: str | None = None,
-                              working_bytes: int = DEFAULT_WORKING_BYTES) -> np.ndarray:
-    """Euclidean distance from each row (or each row id in ``queries``) to the nearest row with another label.
-
-    A row's open ball of radius delta (``< delta``) is pure -- holds no
-    other-label row -- exactly when this distance is ``>= delta``. Blocks of
-    up to 1,024 queries meet column blocks of the pool in one matrix product
-    each, with same-label entries masked out; grouping queries by label
-    instead would turn the work into one skinny, memory-bound product per
-    label (1,000 passes over the pool at ImageNet's C). Memory O(N +
-    working_bytes). Exact; O(len(queries) N d) work (torch, on ``device``);
-    inf when every row has the same label.
-    """
-    import torch
-
-    device = pick_device(device)
-    labels = np.asarray(labels, dtype=np.int64)
-    n = len(labels)
-    xt = as_tensor(x, device)
-    x_norm = (xt * xt).sum(1)
-    lt = torch.as_tensor(labels, device=device)
-    rows = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
-    out = np.empty(len(rows), dtype=np.float32)
-    q_step = max(1, min(1024, len(rows)))
-    c_step = rows_per_chunk(q_step, working_bytes)
-    inf = float("inf")
-    for s in range(0, len(rows), q_step):
-        idx = torch.as_tensor(rows[s: s + q_step], device=device)
-        q, lq = xt[idx], lt[idx][:, None]
-        best = torch.full((len(idx),), inf, device=device)
-        for c in range(0, n, c_step):
-            d = torch.addmm(x_norm[c: c + c_step][None, :], q, xt[c: c + c_step].T, alpha=-2)
-            d.masked_fill_(lq == lt[c: c + c_step][None, :], inf)
-            best = torch.minimum(best, d.min(1).values)
-        out[s: s + q_step] = (best + (q * q).sum(1)).clamp_min_(0).sqrt_().cpu().numpy()
-    return out
