@@ -323,10 +323,25 @@ def test_dropquery_torch_backend_sees_the_same_dropout_as_the_numpy_one():
         def from_state(cls, state):
             return cls()
 
+    head_flips = ACQUISITIONS.create("dropquery").mismatches(ctx, ctx.unlabelled, np.random.default_rng(8))
     ctx.predictor = Opaque()
     with pytest.raises(ValueError, match="linear head"):
         _select("dropquery", ctx, 20, seed=3, backend="torch")
     _assert_valid(_select("dropquery", ctx, 20, seed=3), ctx, 20)  # the numpy path takes any predictor
+    # The same masks through the head's logits or through any predictor's probabilities: the same flips.
+    assert np.array_equal(ACQUISITIONS.create("dropquery").mismatches(ctx, ctx.unlabelled, np.random.default_rng(8)),
+                          head_flips)
+
+
+@pytest.mark.parametrize("keep", [0.25, 0.8, 0.999])
+def test_dropout_keep_masks_keep_each_feature_at_the_rate_asked(keep):
+    from methods.acquisition.clustering import dropout_keep_mask
+
+    masks = dropout_keep_mask(np.random.default_rng(0), (400, 513), keep)  # an odd size: a part-used last draw
+    assert masks.shape == (400, 513) and masks.dtype == bool
+    assert abs(masks.mean() - keep) < 4 * np.sqrt(keep * (1 - keep) / masks.size) + 2 ** -16
+    assert np.array_equal(masks, dropout_keep_mask(np.random.default_rng(0), (400, 513), keep))
+    assert abs(np.corrcoef(masks[:, :-1].ravel(), masks[:, 1:].ravel())[0, 1]) < 0.01  # neighbours independent
 
 
 def test_centroid_selection_is_as_representative_as_scikit_learn_kmeans():

@@ -40,10 +40,16 @@ def _check_budget(strategy: str, ctx: SelectionContext, budget: int) -> np.ndarr
     return unlabelled
 
 
-def kmeans_centroid_picks(x: np.ndarray, k: int, rng: np.random.Generator, niter: int) -> np.ndarray:
+def kmeans_centroid_picks(x: np.ndarray, k: int, rng: np.random.Generator, niter: int,
+                          kmeanspp_trials: int | None = None) -> np.ndarray:
     """Positions (rows of ``x``) of the point nearest each of ``k`` k-means centroids."""
-    centroids, assignment = kmeans(x, k, seed=_seed(rng), niter=niter)
+    centroids, assignment = kmeans(x, k, seed=_seed(rng), niter=niter, n_local_trials=kmeanspp_trials)
     return nearest_to_centroids(x, centroids, assignment)
+
+
+#: DropQuery's and centroid selection's k-means++: one D^2 draw per centre, as the authors' code seeds it
+#: (``ALFM/src/clustering/kmeans.py``); None: the greedy variant with 2 + log k trials (scikit-learn's).
+KmeansppTrials = Annotated[Int | None, Field(ge=1, description="k-means++ candidates per centre; None: 2 + log k")]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -375,14 +381,20 @@ class Centroid(AcquisitionStrategy):
 
     k-means with ``K = budget`` over the unlabelled pool; the point nearest
     each centroid is picked (a centroid that ends up owning no point takes
-    the nearest unpicked one). Deviation: the authors L2-normalise the
-    features before clustering; here the feature space is used as it is
-    (cached CLIP features are already unit-norm).
+    the nearest unpicked one). Seeding is plain k-means++, one D^2 draw per
+    centre as in the authors' code (``kmeanspp_trials: 1``; the greedy
+    variant with 2 + log k trials until issue 15, ``null`` brings it back).
+    Deviations: the authors L2-normalise the features before clustering;
+    here the feature space is used as it is (cached CLIP features are
+    already unit-norm); they seed on every point and run 100 Lloyd
+    iterations, here the seeding samples 64 points per centroid and Lloyd
+    runs ``kmeans_iters`` (20) iterations or until it stops moving.
     """
 
     class Options(PluginOptions):
         feature_space: FeatureSpace = "image"
         kmeans_iters: KmeansIters = 20
+        kmeanspp_trials: KmeansppTrials = 1
 
     def configure(self) -> None:
         self.requires = space_inputs("centroid", self.feature_space)
@@ -392,7 +404,34 @@ class Centroid(AcquisitionStrategy):
         if budget == 0:
             return Selection(np.empty(0, dtype=np.int64))
         x = features_in_space(ctx, self.feature_space, unlabelled)
-        return Selection(unlabelled[kmeans_centroid_picks(x, budget, rng, self.kmeans_iters)])
+        return Selection(unlabelled[kmeans_centroid_picks(x, budget, rng, self.kmeans_iters, self.kmeanspp_trials)])
+
+
+def dropout_keep_mask(rng: np.random.Generator, shape: tuple[int, ...], keep: float) -> np.ndarray:
+    """Bernoulli(``keep``) mask of ``shape`` from 16 random bits per entry (four per 64-bit draw of ``rng``).
+
+    ``keep`` is rounded to a multiple of 2^-16 (exact for the dyadic rates such
+    as DropQuery's 0.25; off by at most 7.6e-6 otherwise): a quarter of the
+    draws of one float32 uniform per entry, the dominant cost of the masks.
+    """
+    count = int(np.prod(shape))
+    words = rng.integers(0, 2 ** 64, size=(count + 3) // 4, dtype=np.uint64)
+    return (words.view(np.uint16)[:count] < round(keep * 65536)).reshape(shape)
+
+
+def _head_argmax(head):
+    """``predict(x, scale)``: the argmax of ``scale * x W^T + b`` (the head's logits; temperature and softmax do
+    not move it) in torch, whose thread pool the rest of the selection shares."""
+    import torch
+
+    weight = torch.as_tensor(np.asarray(head.weight, dtype=np.float32)).T
+    bias = torch.as_tensor(np.asarray(head.bias, dtype=np.float32))
+
+    def predict(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        return torch.addmm(bias, torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), weight,
+                           alpha=scale).argmax(1).numpy()
+
+    return predict
 
 
 @register_acquisition("dropquery")
@@ -416,16 +455,21 @@ class DropQuery(AcquisitionStrategy):
     reproduces it (the paper text states the more-than-half rule only).
 
     ``cold_start`` is centroid selection (the paper's recommended start).
-    Deviation: the authors L2-normalise the candidate embeddings before
-    k-means; here the feature space is used as it is.
+    The k-means is :class:`Centroid`'s, with its seeding and deviations
+    (plain k-means++ as the authors seed; they L2-normalise the candidate
+    embeddings first, here the feature space is used as it is).
 
-    ``backend``: ``numpy`` draws the masks with ``rng`` and calls the
-    predictor; ``torch`` (for a linear head, the ``LinearPredictor`` of
-    probes and zero-shot) draws them from a torch generator seeded by ``rng``
-    and predicts on the device, which at ImageNet scale moves the
-    3 x N x d masks and matrix products to the GPU. Default: ``torch`` on CUDA,
-    else ``numpy``. The two backends draw different masks, so their picks
-    differ for the same seed.
+    ``backend``: ``numpy`` draws the masks with ``rng``
+    (:func:`dropout_keep_mask`: 16 random bits per feature, four features
+    per 64-bit draw) and predicts with the linear head's logits in torch
+    (any other predictor: its probabilities); ``torch`` (for a linear head,
+    the ``LinearPredictor`` of probes and zero-shot) draws them from a torch
+    generator seeded by ``rng`` and predicts on the device, which at
+    ImageNet scale moves the 3 x N x d masks and matrix products to the GPU.
+    Default: ``torch`` on CUDA, else ``numpy``. The two backends draw
+    different masks, so their picks differ for the same seed. (Until issue
+    15 the numpy masks were one float32 uniform per feature: the same law,
+    four times the draws, other picks for a seed.)
     """
 
     class Options(PluginOptions):
@@ -436,6 +480,7 @@ class DropQuery(AcquisitionStrategy):
         kmeans_iters: KmeansIters = 20
         chunk: Int = Field(16384, ge=1, description="rows per block")
         backend: Literal["numpy", "torch"] | None = Field(None, description="None: torch on CUDA, else numpy")
+        kmeanspp_trials: KmeansppTrials = 1
 
     def configure(self) -> None:
         self.requires = frozenset({PREDICTOR, POOL_FEATURES}) | space_inputs("dropquery", self.feature_space)
@@ -448,20 +493,21 @@ class DropQuery(AcquisitionStrategy):
 
         device = pick_device()
         backend = self.backend or ("torch" if device.startswith("cuda") else "numpy")
+        head = ctx.predictor.linear_head()
         if backend == "torch":
-            head = ctx.predictor.linear_head()
             if head is None:
                 raise ValueError(f"dropquery: backend 'torch' needs a predictor with a linear head, got "
                                  f"{type(ctx.predictor).__name__}; use backend: numpy")
             return self._mismatches_torch(ctx.pool_features, head, rows, rng, device)
+        predict = _head_argmax(head) if head is not None else \
+            (lambda x, scale=1.0: ctx.predictor.predict_proba(x * np.float32(scale)).argmax(1))
         out = np.zeros(len(rows), dtype=np.int64)
         keep = 1.0 - self.dropout
         for s in range(0, len(rows), self.chunk):
             x = np.asarray(ctx.pool_features[rows[s: s + self.chunk]], dtype=np.float32)
-            clean = ctx.predictor.predict_proba(x).argmax(1)
+            clean = predict(x)
             for _ in range(self.masks):
-                mask = rng.random(x.shape, dtype=np.float32) < keep
-                out[s: s + self.chunk] += ctx.predictor.predict_proba(x * mask / np.float32(keep)).argmax(1) != clean
+                out[s: s + self.chunk] += predict(x * dropout_keep_mask(rng, x.shape, keep), 1.0 / keep) != clean
         return out
 
     def _mismatches_torch(self, features: np.ndarray, head, rows: np.ndarray, rng: np.random.Generator,
@@ -500,8 +546,9 @@ class DropQuery(AcquisitionStrategy):
             rest = rng.choice(unlabelled[~is_candidate], size=budget - len(candidates), replace=False)
             return Selection(np.concatenate([candidates, rest]))
         x = features_in_space(ctx, self.feature_space, candidates)
-        return Selection(candidates[kmeans_centroid_picks(x, budget, rng, self.kmeans_iters)])
+        return Selection(candidates[kmeans_centroid_picks(x, budget, rng, self.kmeans_iters, self.kmeanspp_trials)])
 
     def cold_start(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
         """The paper's initial pool: centroid selection in the same feature space."""
-        return Centroid(feature_space=self.feature_space, kmeans_iters=self.kmeans_iters).select(ctx, budget, rng)
+        return Centroid(feature_space=self.feature_space, kmeans_iters=self.kmeans_iters,
+                        kmeanspp_trials=self.kmeanspp_trials).select(ctx, budget, rng)

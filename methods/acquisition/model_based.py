@@ -92,7 +92,9 @@ def _linear_mc_dropout_scores(head, features: np.ndarray, rows: np.ndarray, p: f
     ``log_softmax`` gives the log-probabilities the entropy needs without a clip, and every pass runs on all
     cores (8.1 s -> 5.7 s at 20,000 rows x 1,000 classes, T = 20, two cores). Scores differ from the float64
     path by float32 rounding (measured: at most 2e-6 absolute, 6e-6 relative), which can reorder only rows
-    whose scores tie to that precision.
+    whose scores tie to that precision. The logits, log-probabilities and probabilities of a pass are
+    written into three buffers allocated once: a fresh 16 MB tensor per pass cost as much in page faults as
+    the softmax itself (60 -> 35 ms per pass of 4,096 rows at C = 1,000; the same numbers).
     """
     import torch
 
@@ -101,16 +103,19 @@ def _linear_mc_dropout_scores(head, features: np.ndarray, rows: np.ndarray, p: f
     scale = np.float32(1.0 / (1.0 - p)) / np.float32(head.temperature)
     bias = b / head.temperature
     out = np.empty(len(rows), dtype=np.float64)
+    logits, logp, probs = (torch.empty(min(chunk, len(rows)), len(bias)) for _ in range(3))
     for s in range(0, len(rows), chunk):
-        x = torch.as_tensor(np.asarray(features[rows[s: s + chunk]], dtype=np.float32))
-        sum_p = torch.zeros(len(x), len(bias))
-        sum_h = torch.zeros(len(x), dtype=torch.float64)
+        x = np.asarray(features[rows[s: s + chunk]], dtype=np.float32)
+        n = len(x)
+        sum_p = torch.zeros(n, len(bias))
+        sum_h = torch.zeros(n, dtype=torch.float64)
         for _ in range(samples):
-            keep = torch.from_numpy(rng.random(tuple(x.shape), dtype=np.float32) >= p)
-            logp = torch.log_softmax(torch.addmm(bias, x * keep, w, alpha=float(scale)), dim=1)
-            probs = logp.exp()
-            sum_p += probs
-            sum_h -= (probs * logp).sum(1, dtype=torch.float64)
+            dropped = torch.from_numpy(np.multiply(x, rng.random(x.shape, dtype=np.float32) >= p))
+            torch.addmm(bias, dropped, w, alpha=float(scale), out=logits[:n])
+            torch.log_softmax(logits[:n], dim=1, out=logp[:n])
+            torch.exp(logp[:n], out=probs[:n])
+            sum_p += probs[:n]
+            sum_h -= probs[:n].mul_(logp[:n]).sum(1, dtype=torch.float64)
         mutual_info = torch.special.entr(sum_p / samples).sum(1, dtype=torch.float64) - sum_h / samples
         out[s: s + chunk] = mutual_info.numpy()
     return out

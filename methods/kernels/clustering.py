@@ -136,7 +136,8 @@ def kmeanspp_init(x: np.ndarray, k: int, rng: np.random.Generator, weights: np.n
 
     The first seed is drawn uniformly (or by weight); each next one draws
     ``n_local_trials`` (default ``2 + log k``) candidates by D^2 (x weight)
-    sampling and keeps the one that lowers the potential most. Each step costs
+    sampling and keeps the one that lowers the potential most; with one
+    trial that is the plain k-means++ of Arthur & Vassilvitskii. Each step costs
     O(trials n d) on ``device`` and moves ``trials`` scalars to the host; when
     every remaining point sits on a seed the next one is uniform among the
     unchosen rows.
@@ -167,9 +168,12 @@ def kmeanspp_init(x: np.ndarray, k: int, rng: np.random.Generator, weights: np.n
             cand = torch.searchsorted(cum, u).clamp_max_(n - 1)
             cand_d = (x_norm[None, :] - 2 * (xt @ xt[cand].T).T + x_norm[cand][:, None]).clamp_min_(0)
             cand_d = torch.minimum(cand_d, dist[None, :])
-            pot = cand_d.sum(1, dtype=torch.float64) if w is None else (cand_d * w[None, :]).sum(1, dtype=torch.float64)
-            pot[torch.as_tensor(is_chosen[cand.cpu().numpy()], device=device)] = float("inf")
-            best = int(torch.argmin(pot))
+            best = 0
+            if trials > 1:  # greedy: the candidate that lowers the potential most
+                pot = cand_d.sum(1, dtype=torch.float64) if w is None else \
+                    (cand_d * w[None, :]).sum(1, dtype=torch.float64)
+                pot[torch.as_tensor(is_chosen[cand.cpu().numpy()], device=device)] = float("inf")
+                best = int(torch.argmin(pot))
             j = int(cand[best])
             if is_chosen[j]:  # every candidate hit a seed (floating-point edge): heaviest unchosen point
                 j = int(torch.argmax(p))
@@ -219,10 +223,12 @@ def _lloyd_torch(x: np.ndarray, init: np.ndarray, niter: int, weights: np.ndarra
 def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 20, weights: np.ndarray | None = None,
            device: str | None = None, backend: str | None = None, init: str = "k-means++",
            max_points_per_centroid: int | None = 512, init_points_per_centroid: int | None = 64,
-           working_bytes: int = DEFAULT_WORKING_BYTES) -> tuple[np.ndarray, np.ndarray]:
+           working_bytes: int = DEFAULT_WORKING_BYTES,
+           n_local_trials: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd's k-means: ``(centroids (k, d) float32, assignment (n,) int64)``.
 
-    * ``init``: ``"k-means++"`` (default) or ``"random"`` (k distinct rows), both from ``seed``.
+    * ``init``: ``"k-means++"`` (default; greedy with ``n_local_trials``, see
+      :func:`kmeanspp_init`) or ``"random"`` (k distinct rows), both from ``seed``.
     * ``weights``: per-sample weights (weighted means and weighted seeding).
     * ``max_points_per_centroid``: train on a seeded subsample of at most
       ``k * max_points_per_centroid`` rows (faiss's own default is 256; 512 as in
@@ -266,7 +272,8 @@ def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 20, weights: np.ndarra
         if init_points_per_centroid is not None and len(xs) > k * int(init_points_per_centroid):
             seed_rows = np.sort(rng.choice(len(xs), size=k * int(init_points_per_centroid), replace=False))
         seeds = seed_rows[kmeanspp_init(xs[seed_rows], k, rng, None if ws is None else ws[seed_rows],
-                                        device="cpu" if backend == "faiss" else device)]
+                                        device="cpu" if backend == "faiss" else device,
+                                        n_local_trials=n_local_trials)]
     else:
         seeds = np.sort(rng.choice(len(xs), size=k, replace=False))
     init_centroids = xs[seeds]

@@ -148,7 +148,7 @@ def bf16_ordinal(limits):
 
 
 class Bf16SqDist:
-    """Squared distances from blocks of rows to fixed ``targets`` (float32 CPU tensor), one bfloat16 product each.
+    """Squared distances from blocks of rows to fixed ``targets`` (CPU), one bfloat16 product each.
 
     ``block(x, start, stop, shift)`` returns ``(a, err)``: the bfloat16
     matrix of approximate squared distances from the rows ``x`` to targets
@@ -158,13 +158,17 @@ class Bf16SqDist:
     slice that the product reads transposed in place.
     """
 
-    def __init__(self, targets, chunk: int = 65536):
+    def __init__(self, targets: np.ndarray, rows: np.ndarray | None = None, chunk: int = 65536):
+        """``targets``: float32 array; ``rows``: which of its rows, in which order (default all); built chunk
+        by chunk, so no float32 copy of the selected rows is ever whole."""
         import torch
 
-        self.count, self.dim = len(targets), targets.shape[1]
-        parts = [augment_targets(targets[s: s + chunk]) for s in range(0, len(targets), chunk)]
-        self.augmented = torch.cat([p[0] for p in parts]) if parts else augment_targets(targets)[0]
-        self.max_norm = max((p[1] for p in parts), default=0.0)
+        rows = np.arange(len(targets)) if rows is None else np.asarray(rows, dtype=np.int64)
+        self.count, self.dim = len(rows), targets.shape[1]
+        parts = [augment_targets(torch.from_numpy(np.take(targets, rows[s: s + chunk], axis=0)))
+                 for s in range(0, max(1, len(rows)), chunk)]
+        self.augmented = torch.cat([p[0] for p in parts])
+        self.max_norm = max(p[1] for p in parts)
 
     def block(self, x, start: int = 0, stop: int | None = None, shift: float = 0.0):
         left, norms = augment_rows(x, shift)

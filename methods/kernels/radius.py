@@ -167,9 +167,8 @@ def _bf16_block_edges(x, sq: Bf16SqDist, start: int, stop: int, first_col: int, 
 
 
 def _bf16_bipartite_edges(x, radius, targets, working_bytes, max_edges):
-    import torch
-
-    sq = Bf16SqDist(torch.from_numpy(x[targets]))
+    """Every row's edges to ``targets`` (positions), row-major."""
+    sq = Bf16SqDist(x, targets)
     step = rows_per_chunk(len(targets), working_bytes, itemsize=4)
     rows, cols, total = [], [], 0
     for s in range(0, len(x), step):
@@ -184,10 +183,8 @@ def _bf16_bipartite_edges(x, radius, targets, working_bytes, max_edges):
 def _bf16_upper_edges(x, radius, working_bytes, max_edges):
     """The pool graph's edges ``(i, j)`` with ``i < j``, row-major: each row block against itself and the
     rows after it only (the other half is their mirror)."""
-    import torch
-
     n = len(x)
-    sq = Bf16SqDist(torch.from_numpy(x))
+    sq = Bf16SqDist(x)
     step = rows_per_chunk(n, working_bytes, itemsize=4)
     rows, cols, total = [], [], n
     for s in range(0, n, step):
@@ -312,7 +309,7 @@ def _bf16_min_dist(x, labels, rows, working_bytes):
     perm = np.argsort(labels, kind="stable")
     sorted_labels = labels[perm]
     label_start = np.searchsorted(sorted_labels, np.arange(sorted_labels[-1] + 2 if len(labels) else 1))
-    sq = Bf16SqDist(torch.from_numpy(x[perm]))
+    sq = Bf16SqDist(x, perm)
     n = len(labels)
     out = np.empty(len(rows), dtype=np.float64)
     order = np.argsort(labels[rows], kind="stable")
