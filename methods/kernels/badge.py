@@ -7,8 +7,10 @@ embeddings factorise:
 
     ||a (x) h - b (x) q||^2 = ||a||^2 ||h||^2 - 2 (a . b)(h . q) + ||b||^2 ||q||^2
 
-so k-means++ seeding needs O(N (C + d)) work per centre and O(N) memory,
-instead of materialising N x C x d floats (terabytes for ImageNet).
+so k-means++ seeding needs O(N (C + d)) work per pass over the pool and O(N)
+memory, instead of materialising N x C x d floats (terabytes for ImageNet).
+The textbook seeding makes one pass per centre; drawing by rejection
+(:class:`_RejectionD2`) makes one per batch of centres, at the same law.
 """
 
 from __future__ import annotations
@@ -208,7 +210,7 @@ class _RejectionD2:
             self.dist = torch.minimum(self.dist, _dist_to_centres(self.p, self.h, self.top, self.norms,
                                                                   self.candidates[self.pending]))
             self.passes += 1
-        self.stale = self.dist[torch.as_tensor(self.candidates)].double().cpu().numpy()
+        self.stale = self.dist[torch.as_tensor(self.candidates, device=self.dist.device)].double().cpu().numpy()
         self.stale[self.is_picked] = 0.0
         self.cumulative = np.cumsum(self.stale)
         self.pending = []
