@@ -367,8 +367,7 @@ def greedy_max_coverage(indptr: np.ndarray, indices: np.ndarray, covering: np.nd
         nbrs = _gather(indptr, indices, [j])
         new = nbrs[~covered[nbrs]]
         covered[new] = True
-        hit, times = np.unique(_gather(rev.indptr, rev.indices, new), return_counts=True)
-        degree[hit] -= times
+        np.subtract.at(degree, _gather(rev.indptr, rev.indices, new), 1)
     return np.asarray(picks, dtype=np.int64)
 
 

@@ -49,6 +49,9 @@ BF16_UNIT = 2.0 ** -8  # unit roundoff of bfloat16's 8 significant bits
 FLOAT32_UNIT = 2.0 ** -24
 #: Relative error of a bfloat16 output, even if truncated rather than rounded.
 KAPPA = 2 * BF16_UNIT / (1 - 2 * BF16_UNIT)
+#: Entries of one product block: 32 MB of bfloat16, where the products ran fastest here (1,024 x 20,000 at
+#: 400 GFLOP/s against 290 for 3,355 x 20,000).
+BLOCK_ENTRIES = 1 << 24
 
 
 @functools.cache
@@ -169,10 +172,22 @@ class Bf16SqDist:
                  for s in range(0, max(1, len(rows)), chunk)]
         self.augmented = torch.cat([p[0] for p in parts])
         self.max_norm = max(p[1] for p in parts)
+        self._buffer = None
 
     def block(self, x, start: int = 0, stop: int | None = None, shift: float = 0.0):
+        """The product for rows ``x`` against targets ``start:stop``, written into one buffer that every call
+        reuses (a fresh output each call cost 15-20 % of the product in page faults): use it before the
+        next call."""
+        import torch
+
         left, norms = augment_rows(x, shift)
-        return left @ self.augmented[start:stop].T, error_bound(norms, self.max_norm, self.dim, shift)
+        right = self.augmented[start:stop]
+        size = len(left) * len(right)
+        if self._buffer is None or self._buffer.numel() < size:
+            self._buffer = torch.empty(size, dtype=torch.bfloat16)
+        out = self._buffer[:size].view(len(left), len(right))
+        torch.mm(left, right.T, out=out)
+        return out, error_bound(norms, self.max_norm, self.dim, shift)
 
 
 def exact_sq_dist(x: np.ndarray, left: np.ndarray, right: np.ndarray, chunk: int = 256) -> np.ndarray:

@@ -29,7 +29,7 @@ from methods.core.devices import pick_device
 from ._torch import as_tensor, rows_per_chunk
 from .clustering import (DEFAULT_WORKING_BYTES, _f32, _faiss_index, _ivf_index, faiss_has_gpu, knn,
                          resolve_backend)
-from .lowp import KAPPA, Bf16SqDist, bf16_ordinal, exact_sq_dist, use_bf16
+from .lowp import BLOCK_ENTRIES, KAPPA, Bf16SqDist, bf16_ordinal, exact_sq_dist, use_bf16
 
 #: Query rows per block of the purity search (one product against a column block of the pool each).
 PURITY_QUERIES = 1024
@@ -169,7 +169,7 @@ def _bf16_block_edges(x, sq: Bf16SqDist, start: int, stop: int, first_col: int, 
 def _bf16_bipartite_edges(x, radius, targets, working_bytes, max_edges):
     """Every row's edges to ``targets`` (positions), row-major."""
     sq = Bf16SqDist(x, targets)
-    step = rows_per_chunk(len(targets), working_bytes, itemsize=4)
+    step = _bf16_rows(len(targets), working_bytes)
     rows, cols, total = [], [], 0
     for s in range(0, len(x), step):
         r, c = _bf16_block_edges(x, sq, s, min(len(x), s + step), 0, radius, col_ids=targets)
@@ -185,7 +185,7 @@ def _bf16_upper_edges(x, radius, working_bytes, max_edges):
     rows after it only (the other half is their mirror)."""
     n = len(x)
     sq = Bf16SqDist(x)
-    step = rows_per_chunk(n, working_bytes, itemsize=4)
+    step = _bf16_rows(n, working_bytes)
     rows, cols, total = [], [], n
     for s in range(0, n, step):
         r, c = _bf16_block_edges(x, sq, s, min(n, s + step), s, radius)
@@ -197,6 +197,12 @@ def _bf16_upper_edges(x, radius, working_bytes, max_edges):
     return np.concatenate(rows), np.concatenate(cols)
 
 
+def _bf16_rows(width: int, working_bytes: int) -> int:
+    """Rows per bfloat16 block against ``width`` targets: within ``working_bytes`` (the product, its int16
+    mask and a few per-row values) and ``BLOCK_ENTRIES``."""
+    return max(1, min(rows_per_chunk(width, working_bytes, itemsize=4), BLOCK_ENTRIES // max(1, width)))
+
+
 def _bipartite_csr(n: int, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))]).astype(np.int64)
     return indptr, cols.astype(np.int32)
@@ -204,11 +210,15 @@ def _bipartite_csr(n: int, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarr
 
 def _symmetric_csr(n: int, upper_rows: np.ndarray, upper_cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """CSR rows ``[self, neighbours below it, neighbours above it]`` (ascending) from the row-major edges
-    ``i < j``; the edges below a row are the mirror of those above, re-sorted stably by their row."""
-    order = np.argsort(upper_cols, kind="stable")
-    lower_rows, lower_cols = upper_cols[order], upper_rows[order]
-    n_lower = np.bincount(lower_rows, minlength=n)
+    ``i < j``; the edges below a row are the mirror of those above: the transpose of their CSR matrix
+    (scipy's counting sort, which keeps each column's rows in order)."""
+    from scipy.sparse import csr_matrix
+
     n_upper = np.bincount(upper_rows, minlength=n)
+    upper_ptr = np.concatenate([[0], np.cumsum(n_upper)])
+    lower = csr_matrix((np.ones(len(upper_cols), np.int8), upper_cols, upper_ptr), shape=(n, n)).tocsc()
+    n_lower = np.diff(lower.indptr)
+    lower_rows, lower_cols = np.repeat(np.arange(n), n_lower), lower.indices
     indptr = np.concatenate([[0], np.cumsum(1 + n_lower + n_upper)]).astype(np.int64)
     indices = np.empty(int(indptr[-1]), dtype=np.int32)
     indices[indptr[:-1]] = np.arange(n)
@@ -314,7 +324,7 @@ def _bf16_min_dist(x, labels, rows, working_bytes):
     out = np.empty(len(rows), dtype=np.float64)
     order = np.argsort(labels[rows], kind="stable")
     q_step = max(1, min(PURITY_QUERIES, len(rows)))
-    c_step = rows_per_chunk(q_step, working_bytes, itemsize=4)
+    c_step = _bf16_rows(q_step, working_bytes)
     for s in range(0, len(rows), q_step):
         idx = rows[order[s: s + q_step]]
         runs = _label_runs(labels[idx])
