@@ -17,6 +17,7 @@ Printed side by side, with ratios, in one run; the last line is JSON.
 
     python benchmarks/embed_throughput.py                   # tiny CLIP on CPU
     python benchmarks/embed_throughput.py --gpu-vit         # + ViT-B/16 fp16 GPU stage (random weights)
+    python benchmarks/embed_throughput.py --gpu-vit-only --n 200000 --batch-size 512   # that stage alone, no Ray
 """
 
 from __future__ import annotations
@@ -121,7 +122,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--actors", type=int, default=None)
     ap.add_argument("--gpu-vit", action="store_true")
+    ap.add_argument("--gpu-vit-only", action="store_true",
+                    help="only the ViT-B/16 fp16 GPU stage: no Ray (whose wheel cannot be carried to a lent GPU)")
     args = ap.parse_args(argv)
+    if args.gpu_vit_only:
+        figures = {"gpu_vit_b16": gpu_vit_stage(args.n, args.batch_size)}
+        print("GPU stage:", figures["gpu_vit_b16"])
+        print(json.dumps(figures))
+        return figures
 
     from orchestrator.encoder_pool import encoder_session
     from orchestrator.ray_runtime import ensure_ray
