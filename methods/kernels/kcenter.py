@@ -68,11 +68,11 @@ DENSE_FRACTION = 8
 REFRESH_BATCH = 64
 #: Bytes of one block of distances: small enough to stay in cache between the product and its minimum.
 CACHE_BYTES = 2 << 20
-_BF16_UNIT = 2.0 ** -8
+_BF16_UNIT = 2.0 ** -8  # unit roundoff of bfloat16's 8 significant bits
 #: Cells each labelled point joins for the cell bounds (see ``_cell_upper_bound``).
 CELL_PROBES = 2
 #: Fewer labelled points than this are bounded densely (module docstring).
-MIN_CELL_POINTS = 64  # unit roundoff of bfloat16's 8 significant bits
+MIN_CELL_POINTS = 64
 
 
 def bf16_margin(dim: int) -> float:
