@@ -193,13 +193,10 @@ class _RejectionD2:
         self.candidates, self.picked, self.dist = candidates, list(picked), dist
         self.is_picked = np.zeros(len(candidates), bool)
         self.is_picked[self.picked] = True
-        max_pending = self.max_pending = self.MAX_PENDING
         self.pending: list[int] = []
-        width_a, width_h = p.shape[1], h.shape[1]
-        self.pending_a = torch.empty((max_pending, width_a), dtype=p.dtype, device=p.device)
-        self.pending_h = torch.empty((max_pending, width_h), dtype=h.dtype, device=h.device)
-        self.pending_norms = torch.empty(max_pending, dtype=norms.dtype, device=norms.device)
-        self.passes = 0
+        self.pending_a = torch.empty((self.MAX_PENDING, p.shape[1]), dtype=p.dtype, device=p.device)
+        self.pending_h = torch.empty((self.MAX_PENDING, h.shape[1]), dtype=h.dtype, device=h.device)
+        self.pending_norms = torch.empty(self.MAX_PENDING, dtype=norms.dtype, device=norms.device)
         self._pass()
 
     def _pass(self) -> None:
@@ -209,7 +206,6 @@ class _RejectionD2:
         if self.pending:
             self.dist = torch.minimum(self.dist, _dist_to_centres(self.p, self.h, self.top, self.norms,
                                                                   self.candidates[self.pending]))
-            self.passes += 1
         self.stale = self.dist[torch.as_tensor(self.candidates, device=self.dist.device)].double().cpu().numpy()
         self.stale[self.is_picked] = 0.0
         self.cumulative = np.cumsum(self.stale)
@@ -224,10 +220,9 @@ class _RejectionD2:
         k = len(self.pending)
         if k:
             rows = torch.as_tensor(self.candidates[js], device=self.p.device)
-            ca, ch, cn = self.pending_a[:k], self.pending_h[:k], self.pending_norms[:k]
-            a_dot = self.p[rows] @ ca.T - ca.T[self.top[rows]]
-            d = self.norms[rows, None] - 2 * a_dot * (self.h[rows] @ ch.T) + cn[None, :]
-            w = np.minimum(w, d.clamp_min(0).amin(1).double().cpu().numpy())
+            nearest = _nearest_sq_dist(self.p[rows], self.h[rows], self.top[rows], self.norms[rows],
+                                       self.pending_a[:k], self.pending_h[:k], self.pending_norms[:k])
+            w = np.minimum(w, nearest.double().cpu().numpy())
         w[self.is_picked[js]] = 0.0
         return w
 
@@ -260,7 +255,7 @@ class _RejectionD2:
     def draw(self, budget: int, rng: np.random.Generator) -> list[int]:
         """Draw until ``budget`` centres are picked; positions in ``candidates``, in pick order."""
         while len(self.picked) < budget:
-            if len(self.pending) >= self.max_pending:
+            if len(self.pending) >= self.MAX_PENDING:
                 self._pass()
             j = self._propose(rng)
             if j is None:

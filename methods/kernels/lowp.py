@@ -167,7 +167,7 @@ class Bf16SqDist:
         import torch
 
         rows = np.arange(len(targets)) if rows is None else np.asarray(rows, dtype=np.int64)
-        self.count, self.dim = len(rows), targets.shape[1]
+        self.dim = targets.shape[1]
         parts = [augment_targets(torch.from_numpy(np.take(targets, rows[s: s + chunk], axis=0)))
                  for s in range(0, max(1, len(rows)), chunk)]
         self.augmented = torch.cat([p[0] for p in parts])

@@ -343,7 +343,7 @@ def _bf16_min_dist(x, labels, rows, working_bytes):
             r, k = flat // a.shape[1], flat % a.shape[1]
             kept.append((r, k + c, a.view(-1)[torch.from_numpy(flat)].float().numpy()))
         r, k, v = (np.concatenate(parts) for parts in zip(*kept))
-        final = v <= bf16_ordinal(_candidate_limit(best, err)).view(torch.bfloat16).float().numpy()[r]
+        final = v <= limit.view(torch.bfloat16).float().numpy()[r]  # the last column block's limit is final
         r, k = r[final], k[final]
         nearest = np.full(len(idx), np.inf)
         np.minimum.at(nearest, r, exact_sq_dist(x, idx[r], perm[k]))
