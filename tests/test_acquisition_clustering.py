@@ -16,6 +16,7 @@ over three seeds, each strategy on the objective its paper optimises:
 
 import numpy as np
 import pytest
+import torch
 from scipy.spatial.distance import cdist
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
@@ -323,14 +324,62 @@ def test_dropquery_torch_backend_sees_the_same_dropout_as_the_numpy_one():
         def from_state(cls, state):
             return cls()
 
-    head_flips = ACQUISITIONS.create("dropquery").mismatches(ctx, ctx.unlabelled, np.random.default_rng(8))
+    head_flips = ACQUISITIONS.create("dropquery", precision="fp32").mismatches(
+        ctx, ctx.unlabelled, np.random.default_rng(8))
     ctx.predictor = Opaque()
     with pytest.raises(ValueError, match="linear head"):
         _select("dropquery", ctx, 20, seed=3, backend="torch")
     _assert_valid(_select("dropquery", ctx, 20, seed=3), ctx, 20)  # the numpy path takes any predictor
-    # The same masks through the head's logits or through any predictor's probabilities: the same flips.
+    # The same masks through the head's float32 logits or through any predictor's probabilities: the same flips.
     assert np.array_equal(ACQUISITIONS.create("dropquery").mismatches(ctx, ctx.unlabelled, np.random.default_rng(8)),
                           head_flips)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("name", ["dropquery", "centroid"])
+def test_dropquery_and_centroid_select_in_either_precision(name, precision):
+    x, y, pred, labelled = _setup(0, n=600)
+    ctx = _ctx(x, y, labelled, pred)
+    picked = _select(name, ctx, 25, seed=4, precision=precision)
+    _assert_valid(picked, ctx, 25)
+    assert np.array_equal(picked, _select(name, ctx, 25, seed=4, precision=precision))
+
+
+def test_precision_auto_is_bfloat16_only_where_the_cpu_multiplies_it_natively():
+    from methods.acquisition.clustering import uses_bf16
+    from methods.kernels.lowp import cpu_has_native_bf16
+
+    assert uses_bf16("bf16") and not uses_bf16("fp32")
+    assert uses_bf16("auto") == (cpu_has_native_bf16() and not torch.cuda.is_available())
+    with pytest.raises(ValueError, match="precision"):
+        ACQUISITIONS.create("dropquery", precision="fp16")
+
+
+def test_bfloat16_dropout_flips_agree_with_the_float32_ones():
+    """bfloat16 logits move a prediction only where the dropped-out logits are within its rounding of a tie."""
+    x, y, pred, labelled = _setup(0)
+    ctx = _ctx(x, y, labelled, pred)
+    flips = {p: ACQUISITIONS.create("dropquery", precision=p).mismatches(ctx, ctx.unlabelled, np.random.default_rng(3))
+             for p in ("fp32", "bf16")}
+    same = (flips["fp32"] == flips["bf16"]).mean()
+    print(f"flip counts equal on {same:.4f} of the rows; mean {flips['fp32'].mean():.3f} vs {flips['bf16'].mean():.3f}")
+    assert same > 0.98 and abs(flips["fp32"].mean() - flips["bf16"].mean()) < 0.05
+
+
+def test_linear_head_flips_equal_a_float64_reference_whatever_the_block():
+    from methods.acquisition.clustering import dropout_keep_mask, linear_head_flips
+
+    x, y, pred, _ = _setup(1, n=700)
+    head, rows, keep = pred.linear_head(), np.arange(5, 700), 0.25
+    rng, expected = np.random.default_rng(9), []
+    for s in range(0, len(rows), 256):  # the masks of a chunk are drawn in turn, then applied
+        part = x[rows[s: s + 256]].astype(np.float64)
+        masks = [dropout_keep_mask(rng, part.shape, keep) for _ in range(3)]
+        clean = (part @ head.weight.T + head.bias).argmax(1)
+        expected.append(sum(((part * m / keep) @ head.weight.T + head.bias).argmax(1) != clean for m in masks))
+    for block in (100, 256, 2048):
+        got = linear_head_flips(x, head, rows, np.random.default_rng(9), keep, 3, chunk=256, block=block)
+        assert np.array_equal(got, np.concatenate(expected))
 
 
 @pytest.mark.parametrize("keep", [0.25, 0.8, 0.999])

@@ -61,3 +61,17 @@ def test_acquisition_scale_passes_per_strategy_options_and_refuses_bad_ones(tmp_
         proc = subprocess.run(base + ["--strategies", "pcb", "--options", bad], check=False, capture_output=True,
                               text=True, cwd=ROOT, timeout=120)
         assert proc.returncode != 0 and message in proc.stderr, (bad, proc.stderr[-500:])
+
+
+def test_dropquery_precision_compares_float32_and_bfloat16_picks(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "dropquery_precision.py"), "--n", "800", "--dim", "16",
+           "--classes", "5", "--labelled", "20", "--budget", "10", "--seeds", "2", "--data-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(out["summary"]) == {"fp32", "bf16"} and len(out["per_seed"]) == 2
+    fp32, bf16 = out["summary"]["fp32"], out["summary"]["bf16"]
+    assert fp32["flips_equal"]["mean"] == 1.0 and bf16["flips_equal"]["mean"] > 0.9
+    for figures in (fp32, bf16):
+        assert figures["candidates"]["mean"] > 0 and figures["potential"]["mean"] > 0
+        assert 0 < figures["radius"]["mean"] and figures["select_s"]["median"] > 0
