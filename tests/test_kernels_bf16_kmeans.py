@@ -78,10 +78,10 @@ def test_cluster_sums_updated_by_the_moved_rows_equal_fresh_sums(weighted):
         sums.update(b, a)
         fresh = ClusterSums(xt, wt, 6)
         fresh.update(b, None)
-        assert torch.allclose(sums.sums, fresh.sums, atol=1e-10) and torch.allclose(sums.counts, fresh.counts)
+        assert torch.allclose(sums.sums, fresh.sums, atol=1e-4) and torch.allclose(sums.counts, fresh.counts)
         a = b
     centroids, emptied = sums.means(torch.zeros(500))
-    assert not emptied and torch.allclose(centroids, (fresh.sums / fresh.counts[:, None]).float())
+    assert not emptied and torch.allclose(centroids, (fresh.sums / fresh.counts[:, None]).float(), atol=1e-6)
 
 
 def test_bf16_lloyd_ends_at_a_fixed_point_and_refills_empty_clusters():

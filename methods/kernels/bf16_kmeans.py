@@ -116,41 +116,48 @@ class DistanceTable:
 
 class ClusterSums:
     """float64 (weighted) sums and counts of the rows of each cluster, updated by the rows that changed cluster
-    (recomputed whole when more than a quarter did)."""
+    (recounted, a block at a time summed in float32, when more than a quarter did)."""
 
     def __init__(self, xt, wt, k: int):
         self.xt, self.wt, self.k = xt, wt, k
         self.sums = self.counts = None
 
-    def _weighted(self, rows):
-        x = self.xt[rows].double()
-        return x if self.wt is None else x * self.wt[rows, None].double()
-
-    def _weights(self, rows):
+    def _rows(self, rows):
+        """The rows (weighted), and their weights, in float64."""
         import torch
 
-        return torch.ones(len(rows), dtype=torch.float64, device=self.xt.device) if self.wt is None \
-            else self.wt[rows].double()
+        x = self.xt[rows].double()
+        if self.wt is None:
+            return x, torch.ones(len(x), dtype=torch.float64, device=x.device)
+        w = self.wt[rows].double()
+        return x * w[:, None], w
 
     def update(self, a, previous) -> None:
-        """Move to assignment ``a`` from ``previous`` (None: count every row afresh), a block of rows at a
-        time."""
+        """Move to assignment ``a`` from ``previous`` (None: count every row afresh)."""
         import torch
 
-        rows = None if previous is None else torch.nonzero(a != previous).flatten()
-        if rows is None or len(rows) > len(a) // 4:
-            self.sums = torch.zeros((self.k, self.xt.shape[1]), dtype=torch.float64, device=self.xt.device)
-            self.counts = torch.zeros(self.k, dtype=torch.float64, device=self.xt.device)
-            rows, previous = torch.arange(len(a), device=a.device), None
+        moved = None if previous is None else torch.nonzero(a != previous).flatten()
+        if moved is None or len(moved) > len(a) // 4:
+            self._recount(a)
+            return
         step = rows_per_chunk(self.xt.shape[1], CACHE_BLOCK_BYTES, itemsize=8)
-        for s in range(0, len(rows), step):
-            block = rows[s: s + step]
-            x, w = self._weighted(block), self._weights(block)
-            self.sums.index_add_(0, a[block], x)
-            self.counts.index_add_(0, a[block], w)
-            if previous is not None:
-                self.sums.index_add_(0, previous[block], x, alpha=-1)
-                self.counts.index_add_(0, previous[block], w, alpha=-1)
+        for s in range(0, len(moved), step):
+            block = moved[s: s + step]
+            x, w = self._rows(block)
+            self.sums.index_add_(0, a[block], x).index_add_(0, previous[block], x, alpha=-1)
+            self.counts.index_add_(0, a[block], w).index_add_(0, previous[block], w, alpha=-1)
+
+    def _recount(self, a) -> None:
+        import torch
+
+        xt, wt, k = self.xt, self.wt, self.k
+        self.sums = torch.zeros((k, xt.shape[1]), dtype=torch.float64, device=xt.device)
+        part = torch.empty((k, xt.shape[1]), device=xt.device)
+        step = rows_per_chunk(xt.shape[1], CACHE_BLOCK_BYTES)
+        for s in range(0, len(a), step):
+            xb = xt[s: s + step] if wt is None else xt[s: s + step] * wt[s: s + step, None]
+            self.sums += part.zero_().index_add_(0, a[s: s + step], xb)
+        self.counts = torch.bincount(a, weights=None if wt is None else wt.double(), minlength=k).double()
 
     def means(self, d):
         """The centroids: each cluster's mean; an empty cluster takes the row farthest (``d``) from its centroid.

@@ -278,7 +278,8 @@ def kmeans(x: np.ndarray, k: int, seed: int, niter: int = 20, weights: np.ndarra
       of the seeding, the assignments and the final assignment multiplies the
       rows and centroids rounded to bfloat16 (8 significant bits; float32
       accumulation, a bfloat16 product), on the torch backend. The means stay
-      float32 rows summed in float64, and Lloyd also stops once at most 1 row
+      those of the float32 rows (summed in float32 within 1,024-row blocks,
+      in float64 across them), and Lloyd also stops once at most 1 row
       in 1,000 changes cluster (:func:`methods.kernels.bf16_kmeans.lloyd`:
       rows within rounding of a tie can keep swapping). On a CPU with native
       bfloat16 that is 2.5x the product rate and half the bytes read per
