@@ -91,6 +91,9 @@ class _ClassGuidedView:
         return self.shape[0]
 
     def __getitem__(self, rows) -> np.ndarray:
+        """Rows by index array, int or slice (the kernels' dense passes read ``view[start:stop]``)."""
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(len(self)))
         rows = np.asarray(rows, dtype=np.int64)
         flat = features_in_space(self.ctx, self.feature_space, rows.reshape(-1))
         return flat.reshape(*rows.shape, self.shape[1])

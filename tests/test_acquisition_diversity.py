@@ -272,6 +272,26 @@ def test_badge_in_the_class_guided_space_equals_badge_on_the_materialised_matrix
     assert lazy.indices.tolist() == full.indices.tolist()
 
 
+@pytest.mark.parametrize("bound", ["cells", "dense"])
+def test_coreset_in_the_class_guided_space_equals_coreset_on_the_materialised_matrix(bound):
+    """Coreset's dense passes read the lazy class-guided view by slices (session 18 broke them: every
+    coreset-cg trial of the baselines sweep failed until session 19)."""
+    from methods.feature_space import feature_view, features_in_space
+
+    x, _ = _clustered(n=300, d=16, seed=5)
+    rng = np.random.default_rng(5)
+    ctx = _ctx(x, rng.choice(len(x), 3, replace=False), rng.dirichlet(np.ones(10), len(x)).astype(np.float32))
+    ctx.class_embeddings = rng.normal(size=(10, 16)).astype(np.float32)
+    view = feature_view(ctx, "class_guided")
+    np.testing.assert_array_equal(view[2:5], view[np.arange(2, 5)])
+    lazy = ACQUISITIONS.create("coreset", feature_space="class_guided", bound=bound).select(
+        ctx, 40, np.random.default_rng(0))
+    ctx.embeddings = features_in_space(ctx, "class_guided")
+    full = ACQUISITIONS.create("coreset", feature_space="embedding", bound=bound).select(
+        ctx, 40, np.random.default_rng(0))
+    assert lazy.indices.tolist() == full.indices.tolist()
+
+
 def test_diversity_strategies_run_in_the_round_loop():
     from tests.test_loop import _run
 
