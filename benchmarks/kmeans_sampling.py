@@ -38,6 +38,11 @@ SETTINGS = {
     "ppc16-random-init": {"max_points_per_centroid": 16, "init": "random"},
     # what the README's 1.28M run of cb uses (one Lloyd pass there is 21 TFLOP)
     "ppc8-random-init-10-iters": {"max_points_per_centroid": 8, "init": "random", "niter": 10},
+    # the same in bfloat16 products (``precision: bf16`` of cb, cbsq, cec; issue 15)
+    "exact-bf16": {"max_points_per_centroid": None, "init_points_per_centroid": None, "precision": "bfloat16"},
+    "ppc64-bf16": {"max_points_per_centroid": 64, "init_points_per_centroid": 8, "precision": "bfloat16"},
+    "ppc8-random-init-10-iters-bf16": {"max_points_per_centroid": 8, "init": "random", "niter": 10,
+                                       "precision": "bfloat16"},
 }
 
 

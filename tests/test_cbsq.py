@@ -69,18 +69,20 @@ def test_cluster_ranking_takes_free_clusters_largest_first_and_their_centroid_ro
     assert picks.tolist() == [8, 7, 12, 2, 9]  # free: 2, 1, 3; then covered 0 (row 2), then cycle to cluster 2
 
 
-def test_cb_equals_a_direct_computation_of_eq_8_to_10():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cb_equals_a_direct_computation_of_eq_8_to_10(precision):
     x, _, probs, text = _pool()
     labelled = np.arange(0, 40, 4)
     ctx = _ctx(x, probs, text, labelled, np.zeros(10), round_=3)
-    cb = ACQUISITIONS.create("cb")
+    cb = ACQUISITIONS.create("cb", precision=precision)
     picks = cb.select(ctx, 10, np.random.default_rng(7)).indices
     assert ctx.extras["cb_clusters"] == 30
     # direct: the same k-means seed, then the largest free clusters and their nearest rows
     rows = np.concatenate([labelled, ctx.unlabelled])
     f = features_in_space(ctx, "class_guided", rows)
     seed = int(np.random.default_rng(7).integers(2 ** 31))
-    cent, assign = kmeans(f, 30, seed, niter=20, max_points_per_centroid=None, init_points_per_centroid=None)
+    cent, assign = kmeans(f, 30, seed, niter=20, max_points_per_centroid=None, init_points_per_centroid=None,
+                          precision={"fp32": "float32", "bf16": "bfloat16"}[precision])
     covered = set(assign[: len(labelled)].tolist())
     sizes = np.bincount(assign, minlength=30)
     free = sorted((c for c in range(30) if c not in covered and sizes[c]), key=lambda c: (-sizes[c], c))[:10]

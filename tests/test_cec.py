@@ -77,7 +77,7 @@ def test_weighted_kmeans_objective_matches_scikit_learn():
 
 
 @pytest.mark.parametrize("options", [{}, {"calibrate": False}, {"neighbours": False}, {"clustering": "nearest"},
-                                     {"clustering": "greedy"}])
+                                     {"clustering": "greedy"}, {"precision": "bf16"}])
 def test_selections_are_distinct_unlabelled_and_seeded(options):
     x, _, probs = _pool()
     ctx = _ctx(x, probs, labelled=[1, 2, 3])

@@ -42,11 +42,11 @@ def _check_budget(strategy: str, ctx: SelectionContext, budget: int) -> np.ndarr
 
 
 def kmeans_centroid_picks(x: np.ndarray, k: int, rng: np.random.Generator, niter: int,
-                          kmeanspp_trials: int | None = None, bf16: bool = False) -> np.ndarray:
+                          kmeanspp_trials: int | None = None, precision: str = "fp32") -> np.ndarray:
     """Positions (rows of ``x``) of the point nearest each of ``k`` k-means centroids (nearest in float32,
-    among the members of its cluster; ``bf16``: the clustering's products in bfloat16)."""
+    among the members of its cluster; ``precision``: the strategy option of the clustering's products)."""
     centroids, assignment = kmeans(x, k, seed=_seed(rng), niter=niter, n_local_trials=kmeanspp_trials,
-                                   precision="bfloat16" if bf16 else "float32")
+                                   precision=kmeans_precision(precision))
     return nearest_to_centroids(x, centroids, assignment)
 
 
@@ -65,6 +65,11 @@ def uses_bf16(precision: str) -> bool:
     from ..core.devices import pick_device
 
     return precision == "bf16" or (precision == "auto" and pick_device() == "cpu" and cpu_has_native_bf16())
+
+
+def kmeans_precision(precision: str) -> str:
+    """:func:`methods.kernels.clustering.kmeans`'s ``precision`` for a strategy's ``precision`` option."""
+    return "bfloat16" if uses_bf16(precision) else "float32"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -430,8 +435,7 @@ class Centroid(AcquisitionStrategy):
         if budget == 0:
             return Selection(np.empty(0, dtype=np.int64))
         x = features_in_space(ctx, self.feature_space, unlabelled)
-        picks = kmeans_centroid_picks(x, budget, rng, self.kmeans_iters, self.kmeanspp_trials,
-                                      bf16=uses_bf16(self.precision))
+        picks = kmeans_centroid_picks(x, budget, rng, self.kmeans_iters, self.kmeanspp_trials, self.precision)
         return Selection(unlabelled[picks])
 
 
@@ -630,8 +634,7 @@ class DropQuery(AcquisitionStrategy):
             rest = rng.choice(unlabelled[~is_candidate], size=budget - len(candidates), replace=False)
             return Selection(np.concatenate([candidates, rest]))
         x = features_in_space(ctx, self.feature_space, candidates)
-        picks = kmeans_centroid_picks(x, budget, rng, self.kmeans_iters, self.kmeanspp_trials,
-                                      bf16=uses_bf16(self.precision))
+        picks = kmeans_centroid_picks(x, budget, rng, self.kmeans_iters, self.kmeanspp_trials, self.precision)
         return Selection(candidates[picks])
 
     def cold_start(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:

@@ -58,9 +58,9 @@ class Bf16Rows:
     def sq_dist_to_row(self, j: int):
         return self.sq_dist_to([j])[0]
 
-    def cross_terms(self, ct, start: int, stop: int):
-        """``|c|^2 - 2 x.c`` of rows ``start:stop`` against the centroids ``ct``."""
-        minus_2c, c_norm = _minus_2c(ct)
+    def cross_terms(self, centroids, start: int, stop: int):
+        """``|c|^2 - 2 x.c`` of rows ``start:stop`` against ``centroids``, a :func:`_minus_2c` pair."""
+        minus_2c, c_norm = centroids
         return (self.values[start: stop] @ minus_2c).float().add_(c_norm[None, :])
 
     def assign(self, ct, working_bytes: int):
@@ -70,9 +70,10 @@ class Bf16Rows:
         n = len(self.values)
         best_d = torch.empty(n, device=ct.device)
         best_i = torch.empty(n, dtype=torch.int64, device=ct.device)
+        centroids = _minus_2c(ct)
         step = rows_per_chunk(len(ct), min(working_bytes, CACHE_BLOCK_BYTES))
         for s in range(0, n, step):
-            v, i = self.cross_terms(ct, s, s + step).min(1)
+            v, i = self.cross_terms(centroids, s, s + step).min(1)
             best_d[s: s + step] = v.add_(self.sq_norms[s: s + step]).clamp_min_(0)
             best_i[s: s + step] = i
         return best_d, best_i
@@ -103,10 +104,11 @@ class DistanceTable:
             cols = torch.nonzero((ct != self.centroids).any(1)).flatten()
         step = rows_per_chunk(len(ct), min(working_bytes, CACHE_BLOCK_BYTES))
         if cols is None or len(cols) > len(ct) // 2:
+            centroids = _minus_2c(ct)
             for s in range(0, n, step):
-                self.table[s: s + step] = self.rows.cross_terms(ct, s, s + step)
+                self.table[s: s + step] = self.rows.cross_terms(centroids, s, s + step)
         elif len(cols):
-            moved = ct[cols]
+            moved = _minus_2c(ct[cols])
             for s in range(0, n, step):
                 self.table[s: s + step, cols] = self.rows.cross_terms(moved, s, s + step)
         self.centroids = ct.clone()
