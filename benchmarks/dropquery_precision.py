@@ -58,15 +58,12 @@ def _timed_select(strategy, ctx, budget: int, seed: int) -> tuple[np.ndarray, fl
     return picks, time.perf_counter() - t0
 
 
-def _candidate_potential(ctx, budget: int, seed: int, precision: str) -> float:
-    """k-means potential, over the float32 candidates of ``seed``, of the centroids ``precision`` finds."""
+def _candidate_potential(x: np.ndarray, budget: int, seed: int, precision: str) -> float:
+    """k-means potential, over the candidate rows ``x``, of the centroids ``precision`` finds."""
+    from methods.acquisition.clustering import kmeans_precision
     from methods.kernels.clustering import assign, kmeans
-    from methods.registry import ACQUISITIONS
 
-    flips = ACQUISITIONS.create("dropquery", precision="fp32").mismatches(ctx, ctx.unlabelled,
-                                                                          np.random.default_rng(seed))
-    x = ctx.pool_features[ctx.unlabelled[flips > 1]]
-    centroids, _ = kmeans(x, budget, seed=seed, precision="bfloat16" if precision == "bf16" else "float32")
+    centroids, _ = kmeans(x, budget, seed=seed, precision=kmeans_precision(precision))
     return float(assign(x, centroids, backend="torch")[0].sum(dtype=np.float64))
 
 
@@ -77,17 +74,18 @@ def run_seed(ctx, budget: int, seed: int) -> dict:
     from methods.registry import ACQUISITIONS
 
     out = {}
-    reference_flips = None
-    for precision in PRECISIONS:
+    reference_flips = candidates = None
+    for precision in PRECISIONS:  # fp32 first: its flips and candidates are the reference
         dropquery = ACQUISITIONS.create("dropquery", precision=precision)
         flips = dropquery.mismatches(ctx, ctx.unlabelled, np.random.default_rng(seed))
-        reference_flips = flips if reference_flips is None else reference_flips
+        if reference_flips is None:
+            reference_flips, candidates = flips, ctx.pool_features[ctx.unlabelled[flips > 1]]
         picks, seconds = _timed_select(dropquery, ctx, budget, seed)
         cold, cold_seconds = _timed_select(ACQUISITIONS.create("centroid", precision=precision), ctx, budget, seed)
         out[precision] = {
             "select_s": seconds, "centroid_s": cold_seconds,
             "flips_equal": float((flips == reference_flips).mean()), "candidates": int((flips > 1).sum()),
-            "potential": _candidate_potential(ctx, budget, seed, precision),
+            "potential": _candidate_potential(candidates, budget, seed, precision),
             "radius": float(nearest_distance(ctx.pool_features, np.union1d(ctx.labelled, picks), "cpu").max()),
             "centroid_radius": float(nearest_distance(ctx.pool_features, cold, "cpu").max()),
         }

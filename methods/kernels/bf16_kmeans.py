@@ -65,13 +65,16 @@ class Bf16Rows:
 
     def assign(self, ct, working_bytes: int):
         """``(squared distance, index)`` of the nearest of the centroids ``ct`` for every row, block by block."""
+        return self.nearest(_minus_2c(ct), working_bytes)
+
+    def nearest(self, centroids, working_bytes: int):
+        """:meth:`assign` against centroids already rounded (a :func:`_minus_2c` pair)."""
         import torch
 
-        n = len(self.values)
-        best_d = torch.empty(n, device=ct.device)
-        best_i = torch.empty(n, dtype=torch.int64, device=ct.device)
-        centroids = _minus_2c(ct)
-        step = rows_per_chunk(len(ct), min(working_bytes, CACHE_BLOCK_BYTES))
+        n, k = len(self.values), len(centroids[1])
+        best_d = torch.empty(n, device=self.values.device)
+        best_i = torch.empty(n, dtype=torch.int64, device=self.values.device)
+        step = rows_per_chunk(k, min(working_bytes, CACHE_BLOCK_BYTES))
         for s in range(0, n, step):
             v, i = self.cross_terms(centroids, s, s + step).min(1)
             best_d[s: s + step] = v.add_(self.sq_norms[s: s + step]).clamp_min_(0)
@@ -219,7 +222,8 @@ def assign_rows(x: np.ndarray, ct, device: str, working_bytes: int):
 
     d = torch.empty(len(x), device=device)
     i = torch.empty(len(x), dtype=torch.int64, device=device)
+    centroids = _minus_2c(ct)  # rounded once, not per block of rows
     step = rows_per_chunk(x.shape[1], 8 * CACHE_BLOCK_BYTES)
     for s in range(0, len(x), step):
-        d[s: s + step], i[s: s + step] = Bf16Rows(x[s: s + step], device).assign(ct, working_bytes)
+        d[s: s + step], i[s: s + step] = Bf16Rows(x[s: s + step], device).nearest(centroids, working_bytes)
     return d, i
