@@ -59,7 +59,8 @@ import numpy as np
 from methods.core.devices import pick_device
 
 from ._torch import as_tensor, rows_per_chunk
-from .lowp import augment_rows, augment_targets, cpu_has_native_bf16, float32_margin, sq_norms
+from .lowp import (BF16_UNIT, FLOAT32_UNIT, augment_rows, augment_targets, cpu_has_native_bf16,
+                   float32_margin, sq_norms)
 
 #: A pick that would refresh more than len(pool) / DENSE_FRACTION candidates refreshes them all at once.
 DENSE_FRACTION = 8
@@ -68,7 +69,6 @@ DENSE_FRACTION = 8
 REFRESH_BATCH = 64
 #: Bytes of one block of distances: small enough to stay in cache between the product and its minimum.
 CACHE_BYTES = 2 << 20
-_BF16_UNIT = 2.0 ** -8  # unit roundoff of bfloat16's 8 significant bits
 #: Cells each labelled point joins for the cell bounds (see ``_cell_upper_bound``).
 CELL_PROBES = 2
 #: Fewer labelled points than this are bounded densely (module docstring).
@@ -79,7 +79,7 @@ def bf16_margin(dim: int) -> float:
     """Worst-case error of a bfloat16 squared distance ``||x||^2 + ||c||^2 - 2 x.c``, per unit of
     ``||x|| ||c||``: twice the dot product's -- 2u + u^2 from rounding both inputs, 2u from its
     output even if truncated, and float32 accumulation over ``dim`` terms."""
-    return 2 * (4 * _BF16_UNIT + 2 * _BF16_UNIT ** 2 + dim * 2.0 ** -24 * (1 + _BF16_UNIT) ** 2)
+    return 2 * (4 * BF16_UNIT + 2 * BF16_UNIT ** 2 + dim * FLOAT32_UNIT * (1 + BF16_UNIT) ** 2)
 
 
 def _blocks(features: np.ndarray, rows: np.ndarray, step: int):
