@@ -342,6 +342,7 @@ def test_dropquery_and_centroid_select_in_either_precision(name, precision):
     ctx = _ctx(x, y, labelled, pred)
     picked = _select(name, ctx, 25, seed=4, precision=precision)
     _assert_valid(picked, ctx, 25)
+    assert ctx.extras["bf16_products"] == int(precision == "bf16")  # logged as select_bf16_products
     assert np.array_equal(picked, _select(name, ctx, 25, seed=4, precision=precision))
 
 
@@ -351,6 +352,10 @@ def test_precision_auto_is_bfloat16_only_where_the_cpu_multiplies_it_natively():
 
     assert uses_bf16("bf16") and not uses_bf16("fp32")
     assert uses_bf16("auto") == (cpu_has_native_bf16() and not torch.cuda.is_available())
+    x, y, pred, labelled = _setup(0, n=300)
+    ctx = _ctx(x, y, labelled, pred)
+    _select("dropquery", ctx, 5, seed=0)  # default auto: the round records what it became here
+    assert ctx.extras["bf16_products"] == int(uses_bf16("auto"))
     with pytest.raises(ValueError, match="precision"):
         ACQUISITIONS.create("dropquery", precision="fp16")
 

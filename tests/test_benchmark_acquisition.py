@@ -75,3 +75,16 @@ def test_dropquery_precision_compares_float32_and_bfloat16_picks(tmp_path):
     for figures in (fp32, bf16):
         assert figures["candidates"]["mean"] > 0 and figures["potential"]["mean"] > 0
         assert 0 < figures["radius"]["mean"] and figures["select_s"]["median"] > 0
+
+
+def test_cell_knn_benchmark_scores_each_search_against_the_exact_neighbours(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "cell_knn.py"), "--n", "3000", "--dim", "16", "--classes", "10",
+           "--labelled", "50", "--k", "10", "--queries", "100", "--data-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(out["results"]) == {"faiss-ivf", "cells", "cells-bf16"} and out["rows"] == 2950
+    for figures in out["results"].values():
+        assert figures["seconds"] > 0 and 0.5 < figures["recall"] <= 1.0 and figures["kth_ratio"] >= 1.0 - 1e-5
+    bad = subprocess.run(cmd[:2] + ["--methods", "cells,hnsw"], check=False, capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "unknown --methods ['hnsw']" in bad.stderr

@@ -123,14 +123,15 @@ def test_bad_options_are_refused():
         ACQUISITIONS.create("cec", clustering="spectral")
 
 
-def test_approximate_neighbour_term_is_close_to_the_exact_one():
+@pytest.mark.parametrize("search", ["approximate", "cells"])
+def test_approximate_neighbour_term_is_close_to_the_exact_one(search):
     x, _, probs = _pool(n=1500, classes=10, d=32)
     h = entropy(probs)
     exact = neighbour_uncertainty(x, h, k=20, alpha=0.1)
-    approximate = neighbour_uncertainty(x, h, k=20, alpha=0.1, approximate=True, seed=0)
+    approximate = neighbour_uncertainty(x, h, k=20, alpha=0.1, search=search, seed=0)
     assert np.abs(approximate - exact).max() <= 0.05 * exact.max()
     assert np.corrcoef(approximate, exact)[0, 1] > 0.99
-    picked = ACQUISITIONS.create("cec", knn="approximate").select(_ctx(x, probs), 10, np.random.default_rng(0))
+    picked = ACQUISITIONS.create("cec", knn=search).select(_ctx(x, probs), 10, np.random.default_rng(0))
     assert len(set(picked.indices.tolist())) == 10
 
 

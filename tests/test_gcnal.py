@@ -119,7 +119,8 @@ def test_core_gcn_is_greedy_k_center_on_the_first_layer_embeddings():
     assert strategy.select(ctx, 12, np.random.default_rng(6)).indices.tolist() == expected.tolist()
 
 
-@pytest.mark.parametrize("options", [{}, {"variant": "core"}, {"knn": "approximate"}, {"pool_sample": 100}])
+@pytest.mark.parametrize("options", [{}, {"variant": "core"}, {"knn": "approximate"}, {"knn": "cells"},
+                                     {"pool_sample": 100}])
 def test_selections_are_distinct_unlabelled_budget_sized_and_seeded(options):
     x = _pool()
     labelled = np.arange(0, 240, 10)

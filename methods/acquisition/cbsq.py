@@ -61,7 +61,7 @@ from ..kernels.clustering import kmeans, rows_per_chunk
 from ..options import Int, PluginOptions
 from ..registry import ACQUISITIONS, register_acquisition
 from ..validation import AcquisitionInputError
-from .clustering import KmeansIters, Precision, kmeans_precision
+from .clustering import KmeansIters, Precision, kmeans_precision, note_precision
 
 K_RULES = ("per_round", "fixed", "code")
 
@@ -191,6 +191,7 @@ class ClassGuidedClusterBalance(AcquisitionStrategy):
                 f"{self.name}: K = {k} clusters (k: {self.k}) is not smaller than the pool's {len(rows)} rows; "
                 "use fewer rounds or a smaller budget, or k: fixed with a smaller k_multiple")
         x = features_in_space(ctx, self.feature_space, rows)
+        note_precision(ctx, self.precision)
         centroids, assignment = kmeans(
             x, k, int(rng.integers(2 ** 31)), niter=self.kmeans_iters, init=self.init,
             max_points_per_centroid=self.max_points_per_centroid,

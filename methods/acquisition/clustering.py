@@ -72,6 +72,12 @@ def kmeans_precision(precision: str) -> str:
     return "bfloat16" if uses_bf16(precision) else "float32"
 
 
+def note_precision(ctx: SelectionContext, precision: str) -> None:
+    """Record what ``precision`` resolved to on this machine (``auto`` differs by CPU) as the round metric
+    ``select_bf16_products`` (1: bfloat16 products, 0: float32), beside the option logged as given."""
+    ctx.extras["bf16_products"] = int(uses_bf16(precision))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -432,6 +438,7 @@ class Centroid(AcquisitionStrategy):
 
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
         unlabelled = _check_budget("centroid", ctx, budget)
+        note_precision(ctx, self.precision)
         if budget == 0:
             return Selection(np.empty(0, dtype=np.int64))
         x = features_in_space(ctx, self.feature_space, unlabelled)
@@ -622,6 +629,7 @@ class DropQuery(AcquisitionStrategy):
 
     def select(self, ctx: SelectionContext, budget: int, rng: np.random.Generator) -> Selection:
         unlabelled = _check_budget("dropquery", ctx, budget)
+        note_precision(ctx, self.precision)
         if budget == 0:
             return Selection(np.empty(0, dtype=np.int64))
         mismatch = self.mismatches(ctx, unlabelled, rng)

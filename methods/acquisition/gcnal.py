@@ -49,7 +49,10 @@ Defaults and readings:
 * ``knn: exact`` builds the graph with the exact kNN
   (:func:`methods.kernels.knn`, O(N^2 d)); ``knn: approximate`` uses a faiss
   IVF index (:func:`methods.kernels.approximate_knn`, about O(N^1.5 d)) and
-  is meant for pools of about 100K rows and more.
+  is meant for pools of about 100K rows and more; ``knn: cells``
+  (:func:`methods.kernels.cell_knn.cell_knn`) probes the same fraction of the
+  nodes per cell instead of per row, a matrix product per cell, for graphs of
+  about a million nodes (``pool_sample: null`` at ImageNet scale).
 * Cold start (nothing labelled): the classifier would have no positive
   class, and its optimum (every node unlabelled) says nothing. Both variants
   then pick by greedy k-center on the L2-normalised node features, the first
@@ -103,7 +106,7 @@ from pydantic import Field
 from ..base import AcquisitionStrategy, Selection, SelectionContext
 from ..core.devices import pick_device
 from ..feature_space import FeatureSpace, features_in_space, space_inputs
-from ..kernels import approximate_knn, greedy_k_center, knn
+from ..kernels import greedy_k_center, self_knn
 from ..kernels._torch import rows_per_chunk
 from ..options import Int, Number, PluginOptions
 from ..registry import register_acquisition
@@ -124,17 +127,12 @@ def normalised_knn_adjacency(x: np.ndarray, k: int, method: str = "exact", seed:
     """``Â = D^-1/2 (A + I) D^-1/2`` of the symmetrised cosine kNN graph of unit rows ``x`` (scipy CSR, float32).
 
     ``A_ij = max(x_i . x_j, 0)`` when j is among i's ``k`` nearest other rows
-    or i among j's (``method``: ``exact`` or ``approximate`` kNN), else 0.
+    or i among j's (``method``: one of :data:`methods.kernels.SELF_KNN_SEARCHES`), else 0.
     """
     import scipy.sparse as sp
 
     n = len(x)
-    if method == "exact":
-        sq_dist, ids = knn(x, k, device=device, working_bytes=working_bytes)
-    elif method == "approximate":
-        sq_dist, ids = approximate_knn(x, k, seed=seed, device=device, working_bytes=working_bytes)
-    else:
-        raise ValueError(f"knn must be 'exact' or 'approximate', got {method!r}")
+    sq_dist, ids = self_knn(x, k, method, seed=seed, device=device, working_bytes=working_bytes)
     cosine = np.maximum(1.0 - sq_dist.astype(np.float32) / 2.0, 0.0).ravel()  # ||a - b||^2 = 2 - 2 a.b
     rows = np.repeat(np.arange(n, dtype=np.int64), ids.shape[1])
     a = sp.csr_matrix((cosine, (rows, ids.ravel())), shape=(n, n), dtype=np.float32)
@@ -314,8 +312,9 @@ class SequentialGCN(AcquisitionStrategy):
             "uncertain", description="uncertain: UncertainGCN (closest to s_margin); core: CoreGCN (k-center on H)")
         feature_space: FeatureSpace = "image"
         k_nn: Int = Field(10, ge=1, description="neighbours per node of the kNN graph")
-        knn: Literal["exact", "approximate"] = Field(
-            "exact", description="exact: exact kNN graph; approximate: faiss IVF, for pools of ~100K rows and more")
+        knn: Literal["exact", "approximate", "cells"] = Field(
+            "exact", description="exact: exact kNN graph; approximate: faiss IVF, for pools of ~100K rows and more; "
+                                 "cells: clustered cells probed per cell (one product each), for ~1M nodes")
         hidden: Int = Field(512, ge=1, description="width of the first GCN layer")
         epochs: Int = Field(200, ge=1, description="full-batch Adam epochs of the GCN")
         lr: Number = Field(1e-3, gt=0, description="Adam learning rate")

@@ -111,3 +111,27 @@ def _search_everywhere(index, queries: np.ndarray, k: int, nlist: int) -> tuple[
         return index.search(queries, k)
     finally:
         index.nprobe = probe
+
+
+#: The self-kNN searches a strategy can name: exact (:func:`~methods.kernels.knn`), faiss IVF with per-row
+#: probes (:func:`approximate_knn`), clustered cells probed per cell (:func:`methods.kernels.cell_knn.cell_knn`).
+SELF_KNN_SEARCHES = ("exact", "approximate", "cells")
+
+
+def self_knn(x: np.ndarray, k: int, search: str = "exact", seed: int = 0, device: str | None = None,
+             working_bytes: int = DEFAULT_WORKING_BYTES, precision: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """Every row's ``k`` nearest other rows by the named ``search`` (one of :data:`SELF_KNN_SEARCHES`).
+
+    ``seed`` seeds the approximate searches' coarse k-means; ``precision`` is
+    the arithmetic of the ``cells`` search's coarse k-means (its distances are float32).
+    """
+    from .cell_knn import cell_knn
+    from .clustering import knn
+
+    if search == "exact":
+        return knn(x, k, device=device, working_bytes=working_bytes)
+    if search == "approximate":
+        return approximate_knn(x, k, seed=seed, device=device, working_bytes=working_bytes)
+    if search == "cells":
+        return cell_knn(x, k, seed=seed, precision=precision, device=device, working_bytes=working_bytes)
+    raise ValueError(f"knn must be one of {list(SELF_KNN_SEARCHES)}, got {search!r}")
