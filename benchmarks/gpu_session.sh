@@ -7,12 +7,15 @@
 #   bash benchmarks/gpu_session.sh fetch   # here, once: the missing wheels (Python 3.12) into .device-wheels/
 #   bash benchmarks/gpu_session.sh dry     # here: every step on the CPU at toy sizes, to check the wiring
 #   bash benchmarks/gpu_session.sh run     # there: device run with carry [".device-wheels"], timeout_s 600
+#   bash benchmarks/gpu_session.sh compile # there, a second call if device time remains: CoOp under torch.compile
 #
 # `run` writes under $OUT (what the device tool brings back), each step bounded so the whole stays in one call:
 #   gpu.txt          nvidia-smi and torch's view of the device
 #   acquisition.txt  every strategy whose defaults fit, at the ImageNet protocol (1.28 M rows), --device cuda
 #   vit.txt          the ViT-B/16 fp16 image tower alone (issue 15's target: >= 11,000 images/s)
 #   prompts.txt      the CoOp feature-path step beside the text tower's own bound on ViT-B/16 (target: <= 1.5x)
+# `compile` writes compile.txt: the same step at C = 100 eager, under torch.compile, and with CUDA graphs
+# (mode reduce-overhead), each with its compilation and capture time (about 4 minutes in all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +37,15 @@ case "${1:-}" in
     PY=${PYTHON:-.venv/bin/python}
     SCALE=(--n 20000 --classes 100 --budget 100 --labelled 1000 --device cpu)
     VIT=(--n 512 --batch-size 256)
-    PROMPTS=(--model tiny-clip --classes 10 --steps 3 --device cpu --targets) ;;
+    PROMPTS=(--model tiny-clip --classes 10 --steps 3 --device cpu --targets --compile default) ;;
+  compile)
+    # shellcheck disable=SC2086
+    python3 -m pip install --quiet --no-index --find-links "$WHEELS" $PINNED
+    mkdir -p "$OUT"
+    PYTHONPATH=$PWD timeout 500 python3 benchmarks/prompt_training.py --model ViT-B-16 --device cuda --classes 100 \
+      --compile default,reduce-overhead --timeout 240 > "$OUT/compile.txt" 2>&1 || echo "compile: exit $?" >> "$OUT/compile.txt"
+    tail -n 12 "$OUT/compile.txt"
+    exit 0 ;;
   run)
     PY=python3
     # shellcheck disable=SC2086
@@ -43,7 +54,7 @@ case "${1:-}" in
     VIT=(--n 200000 --batch-size 512)
     PROMPTS=(--model ViT-B-16 --device cuda --targets) ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh fetch|dry|run" >&2
+    echo "usage: bash benchmarks/gpu_session.sh fetch|dry|run|compile" >&2
     exit 2 ;;
 esac
 

@@ -46,3 +46,22 @@ def test_bound_check_passes_fails_and_says_when_unmeasured(bench):
     assert [c["result"] for c in out["checks"]] == ["PASS", "FAIL", "N/A"]
     assert out["checks"][1]["detail"] == "1.90x" and out["all_pass"] is False
     assert bench._check_bound(rows[:1], Console(file=io.StringIO()))["all_pass"] is True
+
+
+def test_coop_step_runs_compiled_and_the_table_compares_it_with_eager(bench):
+    config = {"model": "tiny-clip", "device": "cpu", "batch": 4, "steps": 2, "chunk": 256, "classes": 5,
+              "kind": "coop_feature", "compile": "default"}
+    compiled = bench._measure(config)
+    assert math.isfinite(compiled["steps_per_s"]) and compiled["steps_per_s"] > 0 and compiled["warmup_s"] > 0
+    rows = [{"classes": 5, "feature": {"steps_per_s": compiled["steps_per_s"] / 2},
+             "compiled": {"default": compiled, "reduce-overhead": {"error": "no GPU"}}}]
+    console = Console(file=io.StringIO(), width=200)
+    console.print(bench._compiled_table(rows, ["default", "reduce-overhead"], type("A", (), {"model": "tiny-clip"})))
+    text = console.file.getvalue()
+    assert "(2.00x," in text and "no GPU" in text
+
+
+def test_unknown_compile_modes_are_refused_with_the_known_ones(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--compile", "default,fastest", "--classes", "5"])
+    assert "unknown --compile modes ['fastest']; known: ['default', 'reduce-overhead'" in capsys.readouterr().err
