@@ -30,9 +30,10 @@ Defaults and readings:
   a few true neighbours; the distances of those it finds are exact. ``knn: cells``
   (:func:`methods.kernels.cell_knn.cell_knn`) probes the same fraction of the
   pool per cell instead of per row, so each cell's search is one matrix
-  product: at the ImageNet protocol (1.27M unlabelled rows) about 65 s where
-  faiss's IVF takes about 290 s, at recall@20 0.9998 on the benchmark pool
-  (``benchmarks/cell_knn.py``); with ``precision: bf16`` its coarse k-means
+  product: at the ImageNet protocol (1.27M unlabelled rows) 70-87 s where
+  faiss's IVF takes 298 s, at recall@20 0.999-0.9998 on the benchmark pool
+  (``benchmarks/cell_knn.py``; on a 200K pool of broad classes 14 s against 30 s,
+  recall 0.898 against 0.912); with ``precision: bf16`` its coarse k-means
   runs on bfloat16 products too.
 * The weighted k-means runs on the whole unlabelled pool by default
   (``max_points_per_centroid: null``), seeded by weighted k-means++ from the
