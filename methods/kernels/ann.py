@@ -41,7 +41,7 @@ import numpy as np
 from methods.core.devices import pick_device
 
 from ._torch import rows_per_chunk
-from .clustering import DEFAULT_WORKING_BYTES, _drop_self, _f32, _ivf_index, faiss_has_gpu
+from .clustering import DEFAULT_WORKING_BYTES, _drop_self, _f32, _ivf_index, check_probe_args, faiss_has_gpu
 
 #: faiss warns when its k-means gets fewer training points than this per centroid.
 _FAISS_MIN_POINTS_PER_CENTROID = 39
@@ -73,13 +73,8 @@ def approximate_knn(x: np.ndarray, k: int, nlist: int | None = None, nprobe: int
     import faiss
 
     x = _f32(x)
-    n = len(x)
-    k = int(k)
-    if k <= 0 or k > n - 1:
-        raise ValueError(f"approximate_knn: k must be in [1, {n - 1}] for {n} points "
-                         f"(a point is not its own neighbour), got {k}")
-    if nprobe < 1:
-        raise ValueError(f"approximate_knn: nprobe must be >= 1, got {nprobe}")
+    n, k = len(x), int(k)
+    check_probe_args("approximate_knn", n, k, nprobe)
     nlist = default_nlist(n) if nlist is None else max(1, min(int(nlist), n))
     rng = np.random.default_rng(seed)
     n_train = min(n, max(int(train_points_per_list), _FAISS_MIN_POINTS_PER_CENTROID) * nlist)

@@ -47,7 +47,7 @@ import numpy as np
 from methods.core.devices import pick_device
 
 from ._torch import CACHE_BLOCK_BYTES, as_tensor, rows_per_chunk
-from .clustering import DEFAULT_WORKING_BYTES, _f32, kmeans
+from .clustering import DEFAULT_WORKING_BYTES, _f32, check_probe_args, kmeans
 
 #: Rows per cell the coarse k-means trains on (faiss warns below 39).
 TRAIN_POINTS_PER_CELL = 40
@@ -71,11 +71,7 @@ def cell_knn(x: np.ndarray, k: int, nlist: int | None = None, nprobe: int = 4, s
     """
     x = _f32(x)
     n, k = len(x), int(k)
-    if k <= 0 or k > n - 1:
-        raise ValueError(f"cell_knn: k must be in [1, {n - 1}] for {n} points (a point is not its own neighbour), "
-                         f"got {k}")
-    if nprobe < 1:
-        raise ValueError(f"cell_knn: nprobe must be >= 1, got {nprobe}")
+    check_probe_args("cell_knn", n, k, nprobe)
     nlist = default_cells(n) if nlist is None else max(1, min(int(nlist), n))
     device = pick_device(device)
     centroids, assignment = kmeans(x, nlist, seed, niter=COARSE_ITERATIONS, init="random", device=device,

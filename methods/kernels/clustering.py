@@ -410,6 +410,15 @@ def nearest_to_centroids(x: np.ndarray, centroids: np.ndarray, assignment: np.nd
 # Exact kNN
 
 
+def check_probe_args(caller: str, n: int, k: int, nprobe: int) -> None:
+    """The approximate self-kNN searches' shared refusals: ``k`` outside ``[1, n - 1]``, ``nprobe < 1``."""
+    if k <= 0 or k > n - 1:
+        raise ValueError(f"{caller}: k must be in [1, {n - 1}] for {n} points (a point is not its own neighbour), "
+                         f"got {k}")
+    if nprobe < 1:
+        raise ValueError(f"{caller}: nprobe must be >= 1, got {nprobe}")
+
+
 def _drop_self(d: np.ndarray, i: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """From ``k + 1`` neighbours per row, drop the row itself (or, if absent, the farthest)."""
     is_self = i == rows[:, None]
