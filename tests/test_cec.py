@@ -133,6 +133,10 @@ def test_approximate_neighbour_term_is_close_to_the_exact_one(search):
     assert np.corrcoef(approximate, exact)[0, 1] > 0.99
     picked = ACQUISITIONS.create("cec", knn=search).select(_ctx(x, probs), 10, np.random.default_rng(0))
     assert len(set(picked.indices.tolist())) == 10
+    everywhere = neighbour_uncertainty(x, h, k=20, alpha=0.1, search=search, seed=0, nprobe=10**6)  # every cell
+    np.testing.assert_allclose(everywhere, exact, rtol=1e-4)
+    with pytest.raises(ValueError, match="knn_probes"):
+        ACQUISITIONS.create("cec", knn=search, knn_probes=0)
 
 
 def test_prior_and_entropy_read_in_blocks_equal_the_whole_matrix():

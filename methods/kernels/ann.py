@@ -114,19 +114,23 @@ SELF_KNN_SEARCHES = ("exact", "approximate", "cells")
 
 
 def self_knn(x: np.ndarray, k: int, search: str = "exact", seed: int = 0, device: str | None = None,
-             working_bytes: int = DEFAULT_WORKING_BYTES, precision: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+             working_bytes: int = DEFAULT_WORKING_BYTES, precision: str = "float32",
+             nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Every row's ``k`` nearest other rows by the named ``search`` (one of :data:`SELF_KNN_SEARCHES`).
 
     ``seed`` seeds the approximate searches' coarse k-means; ``precision`` is
-    the arithmetic of the ``cells`` search's coarse k-means (its distances are float32).
+    the arithmetic of the ``cells`` search's coarse k-means (its distances are
+    float32); ``nprobe``: cells probed by the approximate searches (None:
+    each one's default, 8 per row for ``approximate``, 4 per cell for ``cells``).
     """
     from .cell_knn import cell_knn
     from .clustering import knn
 
+    probes = {} if nprobe is None else {"nprobe": int(nprobe)}
     if search == "exact":
         return knn(x, k, device=device, working_bytes=working_bytes)
     if search == "approximate":
-        return approximate_knn(x, k, seed=seed, device=device, working_bytes=working_bytes)
+        return approximate_knn(x, k, seed=seed, device=device, working_bytes=working_bytes, **probes)
     if search == "cells":
-        return cell_knn(x, k, seed=seed, precision=precision, device=device, working_bytes=working_bytes)
+        return cell_knn(x, k, seed=seed, precision=precision, device=device, working_bytes=working_bytes, **probes)
     raise ValueError(f"knn must be one of {list(SELF_KNN_SEARCHES)}, got {search!r}")
