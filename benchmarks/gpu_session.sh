@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_session.sh dry     # here: every step on the CPU at toy sizes, to check the wiring
 #   bash benchmarks/gpu_session.sh run     # there: device run with carry [".device-wheels"], timeout_s 600
 #   bash benchmarks/gpu_session.sh compile # there, a second call if device time remains: CoOp under torch.compile
+#   bash benchmarks/gpu_session.sh papers  # there, another: CB, CB+SQ and CEC at 1.28 M with their scale options
 #
 # `run` writes under $OUT (what the device tool brings back), each step bounded so the whole stays in one call:
 #   gpu.txt          nvidia-smi and torch's view of the device
@@ -24,6 +25,9 @@ PINNED="faiss-cpu==1.15.1 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types
 open-clip-torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4"
 STRATEGIES=random,entropy,margin,least_confidence,bald,coreset,badge,typiclust,probcover,dropquery,centroid,gcnal
 OUT=${OUT:-gpu-out}
+# The papers' methods at the ImageNet protocol take these options on any device (README, "The papers' methods at scale").
+CB_SCALE='{"max_points_per_centroid": 8, "init": "random", "kmeans_iters": 10, "precision": "bf16"}'
+PAPER_OPTIONS="{\"cb\": $CB_SCALE, \"cbsq\": $CB_SCALE, \"cec\": {\"knn\": \"cells\", \"max_points_per_centroid\": 256}}"
 
 case "${1:-}" in
   fetch)
@@ -46,6 +50,15 @@ case "${1:-}" in
       --compile default,reduce-overhead --timeout 240 > "$OUT/compile.txt" 2>&1 || echo "compile: exit $?" >> "$OUT/compile.txt"
     tail -n 12 "$OUT/compile.txt"
     exit 0 ;;
+  papers)
+    # shellcheck disable=SC2086
+    python3 -m pip install --quiet --no-index --find-links "$WHEELS" $PINNED
+    mkdir -p "$OUT"
+    PYTHONPATH=$PWD timeout 540 python3 benchmarks/acquisition_scale.py --n 1280000 --classes 1000 --budget 1000 \
+      --labelled 10000 --round 8 --device cuda --timeout 240 --strategies cb,cbsq,cec --no-quality --targets \
+      --options "$PAPER_OPTIONS" > "$OUT/papers.txt" 2>&1 || echo "papers: exit $?" >> "$OUT/papers.txt"
+    tail -n 12 "$OUT/papers.txt"
+    exit 0 ;;
   run)
     PY=python3
     # shellcheck disable=SC2086
@@ -54,7 +67,7 @@ case "${1:-}" in
     VIT=(--n 200000 --batch-size 512)
     PROMPTS=(--model ViT-B-16 --device cuda --targets) ;;
   *)
-    echo "usage: bash benchmarks/gpu_session.sh fetch|dry|run|compile" >&2
+    echo "usage: bash benchmarks/gpu_session.sh fetch|dry|run|compile|papers" >&2
     exit 2 ;;
 esac
 

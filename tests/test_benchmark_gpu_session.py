@@ -22,7 +22,18 @@ def test_the_vit_stage_alone_runs_without_ray_and_says_why_it_skips_on_a_cpu():
 
 def test_the_session_script_names_its_modes():
     done = subprocess.run(["bash", "benchmarks/gpu_session.sh", "launch"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 2 and "fetch|dry|run|compile" in done.stderr
+    assert done.returncode == 2 and "fetch|dry|run|compile|papers" in done.stderr
     script = (ROOT / "benchmarks" / "gpu_session.sh").read_text()
     for pinned in ("faiss-cpu==", "pydantic==", "pydantic-core==", "open-clip-torch=="):  # what the GPU image lacks
         assert pinned in script
+
+
+def test_the_papers_stage_passes_options_each_strategy_accepts():
+    from methods.registry import ACQUISITIONS
+
+    read = 'source <(sed -n "/^CB_SCALE=/,/^PAPER_OPTIONS=/p" benchmarks/gpu_session.sh); echo "$PAPER_OPTIONS"'
+    done = subprocess.run(["bash", "-c", read], cwd=ROOT, capture_output=True, text=True, check=True)
+    options = json.loads(done.stdout)
+    assert set(options) == {"cb", "cbsq", "cec"} and options["cec"]["knn"] == "cells"
+    for name, opts in options.items():
+        ACQUISITIONS.create(name, **opts)  # an unknown or ill-typed option raises, naming it
