@@ -126,7 +126,7 @@ def _search_cells(xt, cells: _Cells, probes: _ProbeOrder, k: int, working_bytes:
     import torch
 
     n = len(xt)
-    norms = (xt * xt).sum(1)
+    norms = torch.linalg.vector_norm(xt, dim=1).square_()  # a reduction: no n x d temporary
     out_d = torch.empty(n, k, device=xt.device)
     out_i = torch.empty(n, k, dtype=torch.int64, device=xt.device)
     for c in range(len(cells)):
