@@ -171,6 +171,14 @@ def generate(args, root: Path) -> tuple[Path, bool]:
     return path, False
 
 
+def default_pool(n: int, dim: int, classes: int, labelled: int, budget: int, data_dir: str) -> dict:
+    """This benchmark's pool of these sizes at its default seed and noise (built on first use), loaded: what the
+    benchmarks derived from it (``dropquery_precision.py``, ``cell_knn.py``) measure on."""
+    spec = argparse.Namespace(n=n, dim=dim, classes=classes, budget=budget, labelled=labelled, seed=0, noise=1.0,
+                              text_noise=5.0)
+    return load(generate(spec, Path(data_dir))[0])
+
+
 def load(path: Path) -> dict:
     """The cached arrays, memory-mapped (nothing is read until touched)."""
     out = {k: np.load(path / f"{k}.npy", mmap_mode="r") for k in ("features", "probs", "labels")}

@@ -47,12 +47,10 @@ def _searches() -> dict:
 def exact_neighbours(z: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force ``(squared distances, ids)`` of the ``queries`` rows' k nearest other rows."""
     from methods.kernels import knn
+    from methods.kernels.clustering import _drop_self
 
     d, i = knn(z, k + 1, queries=z[queries], backend="torch")
-    own = i == queries[:, None]
-    keep = ~own
-    keep[~own.any(1), -1] = False  # a duplicate row hid the query itself: drop the farthest instead
-    return d[keep].reshape(len(queries), k), i[keep].reshape(len(queries), k)
+    return _drop_self(d, i, queries, k)
 
 
 def score(found_d: np.ndarray, found_i: np.ndarray, true_d: np.ndarray, true_i: np.ndarray) -> dict:
@@ -62,16 +60,12 @@ def score(found_d: np.ndarray, found_i: np.ndarray, true_d: np.ndarray, true_i: 
 
 
 def unit_unlabelled_rows(args) -> np.ndarray:
-    import acquisition_scale
+    from acquisition_scale import _pool_state, default_pool
 
     from methods.core.predictors import unit_rows
 
-    spec = argparse.Namespace(n=args.n, dim=args.dim, classes=args.classes, budget=100, labelled=args.labelled,
-                              seed=0, noise=1.0, text_noise=5.0)  # acquisition_scale's pool
-    path, _ = acquisition_scale.generate(spec, Path(args.data_dir))
-    data = acquisition_scale.load(path)
-    unlabelled = np.setdiff1d(np.arange(len(data["features"])), data["labelled"])
-    return unit_rows(np.asarray(data["features"][unlabelled]))
+    data = default_pool(args.n, args.dim, args.classes, args.labelled, 100, args.data_dir)
+    return unit_rows(np.asarray(data["features"][_pool_state(data)[2]]))
 
 
 def main(argv: list[str] | None = None) -> dict:

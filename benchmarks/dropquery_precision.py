@@ -113,10 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    spec = argparse.Namespace(n=args.n, dim=args.dim, classes=args.classes, budget=args.budget,
-                              labelled=args.labelled, seed=0, noise=1.0, text_noise=5.0)  # acquisition_scale's pool
-    path, _ = acquisition_scale.generate(spec, Path(args.data_dir))
-    ctx = _context(acquisition_scale.load(path))
+    ctx = _context(acquisition_scale.default_pool(args.n, args.dim, args.classes, args.labelled, args.budget,
+                                                  args.data_dir))
     run_seed(ctx, args.budget, 10 ** 6)  # warm-up: imports, thread pools, first allocations
     per_seed = [run_seed(ctx, args.budget, seed) for seed in range(args.seeds)]
     summary = summarise(per_seed)

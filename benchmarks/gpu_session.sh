@@ -29,6 +29,13 @@ OUT=${OUT:-gpu-out}
 CB_SCALE='{"max_points_per_centroid": 8, "init": "random", "kmeans_iters": 10, "precision": "bf16"}'
 PAPER_OPTIONS="{\"cb\": $CB_SCALE, \"cbsq\": $CB_SCALE, \"cec\": {\"knn\": \"cells\", \"max_points_per_centroid\": 256}}"
 
+# The device machine has no package index: install the carried wheels, and make the folder that comes back.
+prepare_device() {
+  # shellcheck disable=SC2086
+  python3 -m pip install --quiet --no-index --find-links "$WHEELS" $PINNED
+  mkdir -p "$OUT"
+}
+
 case "${1:-}" in
   fetch)
     # shellcheck disable=SC2086
@@ -43,17 +50,13 @@ case "${1:-}" in
     VIT=(--n 512 --batch-size 256)
     PROMPTS=(--model tiny-clip --classes 10 --steps 3 --device cpu --targets --compile default) ;;
   compile)
-    # shellcheck disable=SC2086
-    python3 -m pip install --quiet --no-index --find-links "$WHEELS" $PINNED
-    mkdir -p "$OUT"
+    prepare_device
     PYTHONPATH=$PWD timeout 500 python3 benchmarks/prompt_training.py --model ViT-B-16 --device cuda --classes 100 \
       --compile default,reduce-overhead --timeout 240 > "$OUT/compile.txt" 2>&1 || echo "compile: exit $?" >> "$OUT/compile.txt"
     tail -n 12 "$OUT/compile.txt"
     exit 0 ;;
   papers)
-    # shellcheck disable=SC2086
-    python3 -m pip install --quiet --no-index --find-links "$WHEELS" $PINNED
-    mkdir -p "$OUT"
+    prepare_device
     PYTHONPATH=$PWD timeout 540 python3 benchmarks/acquisition_scale.py --n 1280000 --classes 1000 --budget 1000 \
       --labelled 10000 --round 8 --device cuda --timeout 240 --strategies cb,cbsq,cec --no-quality --targets \
       --options "$PAPER_OPTIONS" > "$OUT/papers.txt" 2>&1 || echo "papers: exit $?" >> "$OUT/papers.txt"
@@ -61,8 +64,7 @@ case "${1:-}" in
     exit 0 ;;
   run)
     PY=python3
-    # shellcheck disable=SC2086
-    $PY -m pip install --quiet --no-index --find-links "$WHEELS" $PINNED
+    prepare_device
     SCALE=(--n 1280000 --classes 1000 --budget 1000 --labelled 10000 --device cuda --timeout 240)
     VIT=(--n 200000 --batch-size 512)
     PROMPTS=(--model ViT-B-16 --device cuda --targets) ;;
