@@ -50,10 +50,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from methods.adaptation.prompting.text import COMPILE_MODES  # noqa: E402  (the modes --compile accepts)
 #: Issue 15: a feature-path CoOp step within this multiple of the text tower's own forward + backward.
 BOUND_TARGET = 1.5
-#: ``torch.compile`` modes ``--compile`` accepts; ``reduce-overhead`` replays CUDA graphs on a GPU.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 class _RandomCLIP:
@@ -269,11 +268,12 @@ def _measure(config: dict) -> dict:
     return result
 
 
-def _spawn(config: dict, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--_worker", json.dumps(config)]
+def _spawn(config: dict, timeout: float, script: str = __file__, env: dict | None = None) -> dict:
+    """Run ``script --_worker CONFIG`` in a fresh process (its own peak memory, its own caches); its last JSON line."""
+    cmd = [sys.executable, script, "--_worker", json.dumps(config)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
-                             env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             env={**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(
                                  filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
     except subprocess.TimeoutExpired:
         return {**config, "error": f"timed out after {timeout:.0f} s"}

@@ -65,3 +65,22 @@ def test_unknown_compile_modes_are_refused_with_the_known_ones(bench, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--compile", "default,fastest", "--classes", "5"])
     assert "unknown --compile modes ['fastest']; known: ['default', 'reduce-overhead'" in capsys.readouterr().err
+
+
+def test_learner_compile_fits_coop_eager_cold_and_warm_and_compares_them():
+    """benchmarks/learner_compile.py: the real learner's ``compile`` option, in a fresh inductor cache and again on
+    it: the prompts learnt equal eager's to float32 rounding, and the cold and warm processes' bit for bit."""
+    spec = importlib.util.spec_from_file_location("learner_compile", ROOT / "benchmarks" / "learner_compile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--classes", "5", "--class-chunk", "2", "--epochs", "1", "--rows", "16", "--modes", "default",
+                       "--device", "cpu"])  # chunks of 2 + 2 + 1 class prompts: checkpointed, two shapes
+    (row,) = out["coop"]
+    eager, compiled = row["eager"], row["modes"]["default"]
+    assert "error" not in eager and all("error" not in compiled[start] for start in ("cold", "warm")), row
+    assert all(len(r["seconds"]) == 2 and min(r["seconds"]) > 0 for r in (eager, compiled["cold"], compiled["warm"]))
+    assert compiled["cold"]["seconds"][0] > compiled["cold"]["seconds"][1]  # round 1 compiles, round 2 reuses it
+    assert compiled["max_abs_weight_diff"] < 1e-5 and compiled["argmax_agreement"] == 1.0
+    assert compiled["cold_equals_warm"] is True
+    with pytest.raises(SystemExit):
+        module.main(["--modes", "fastest"])

@@ -1,5 +1,10 @@
 """Text-prompt learners (CoOp, CoOp-CSC, dual, descriptions, CoCoOp) on the shipped tiny CLIP."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +17,7 @@ from methods.registry import ADAPTATIONS
 from orchestrator.images import DatasetImages
 from orchestrator.zeroshot import class_embeddings
 
+ROOT = Path(__file__).resolve().parents[1]
 DATASET = "synth-scans"  # the shifted set: tiny CLIP zero-shot is ~25 %
 
 
@@ -98,6 +104,8 @@ def test_bad_prompt_settings_fail_clearly(clip, scans):
         ADAPTATIONS.create("coop", class_position="side")
     with pytest.raises(ValueError, match="unknown recipe"):
         ADAPTATIONS.create("coop", recipe="coop_fast")
+    with pytest.raises(ValueError, match="compile.*'default'.*'reduce-overhead'"):
+        ADAPTATIONS.create("coop", compile="fastest")
     ctx = scans["ctx"]
     short = AdaptContext(ctx.num_classes, 1, ctx.text_features, class_names=ctx.class_names[:-1])
     with pytest.raises(ValueError, match="class names are missing"):
@@ -137,6 +145,23 @@ def test_coop_is_deterministic_and_leaves_clip_untouched(scans, clip):
     assert np.array_equal(a.weight, b.weight) and not np.array_equal(a.weight, c.weight)
     assert all(torch.equal(before[k], v) for k, v in clip.model.state_dict().items())
     assert all(p.grad is None for p in clip.model.parameters())
+
+
+def test_compile_without_a_compiler_names_the_option(tmp_path):
+    """No C++ compiler (as on a bare CPU image): the first call fails naming ``compile``, not deep in inductor."""
+    probe = ("import torch\n"
+             "from methods.adaptation.prompting.model import frozen_clip\n"
+             "from methods.adaptation.prompting.text import PromptedTextEncoder, build_layout\n"
+             "clip = frozen_clip('tiny-clip')\n"
+             "text = PromptedTextEncoder(clip.model, build_layout(clip.tokenizer, ['cat', 'dog'], n_ctx=4), 'cpu',\n"
+             "                           compile_mode='default')\n"
+             "text.class_features(torch.zeros(4, text.width, requires_grad=True))\n")
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: compile: 'default'") and "set compile: null" in last, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("name,options", [("coop_csc", {}), ("coop_dual", {}), ("coop", {"descriptions": "ensemble"}),

@@ -28,7 +28,7 @@ from ...options import Int, Number
 from ...registry import register_adaptation, with_defaults
 from .model import frozen_clip, logit_scale
 from .recipes import RecipeOptions, train
-from .text import POSITIONS, PromptedTextEncoder, build_layout
+from .text import COMPILE_MODES, POSITIONS, PromptedTextEncoder, build_layout
 
 DESCRIPTION_MODES = ("none", "ensemble")
 
@@ -115,6 +115,8 @@ class _TextPromptLearner(Learner):
         temperature: Number | None = Field(None, gt=0, description="None: the model's logit scale")
         class_chunk: Int = Field(256, ge=1, description="classes per text-tower batch")
         init_std: Number = Field(0.02, ge=0, description="std of random context vectors")
+        compile: Literal[COMPILE_MODES] | None = Field(
+            None, description="torch.compile mode of the text tower's class-prompt chunks; None: eager")
 
     def configure(self) -> None:
         self.prompt = PromptSettings(self.n_ctx, self.ctx_init, self.class_position, self.descriptions,
@@ -129,7 +131,7 @@ class _TextPromptLearner(Learner):
         device = pick_device(ctx.device)
         clip = frozen_clip(ctx.encoder, ctx.precision, device)
         layout = self.prompt.layout(self.name, clip.tokenizer, ctx)
-        text = PromptedTextEncoder(clip.model, layout, device, self.prompt.class_chunk)
+        text = PromptedTextEncoder(clip.model, layout, device, self.prompt.class_chunk, compile_mode=self.compile)
         scale = 1.0 / self.temperature if self.temperature else logit_scale(clip)
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
         return clip, layout, text, scale, generator, device
