@@ -8,7 +8,8 @@ from tests.test_sweep import _config
 
 SIZES = {"sizes": {"train": 300, "test": 100}}
 METHODS = [
-    {"acquisition": "random", "adaptation": "coop", "adaptation_options": {"epochs": 10}},
+    # `compile`: the text tower's chunks under torch.compile inside a Ray Tune trial's worker process
+    {"acquisition": "random", "adaptation": "coop", "adaptation_options": {"epochs": 10, "compile": "default"}},
     {"acquisition": "entropy", "adaptation": "vpt", "adaptation_options": {"epochs": 3}},
     {"acquisition": "typiclust", "adaptation": "coop_dual", "adaptation_options": {"epochs": 5, "ctx_init": None}},
 ]
