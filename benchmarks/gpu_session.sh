@@ -17,7 +17,8 @@
 #   prompts.txt      the CoOp feature-path step beside the text tower's own bound on ViT-B/16 (target: <= 1.5x)
 # `compile` writes compile.txt: the same step at C = 100 eager, under torch.compile, and with CUDA graphs
 # (mode reduce-overhead), each with its compilation and capture time (about 4 minutes), and learner_compile.txt:
-# whole `coop` fits with the learners' `compile` option in both modes, cold and warm, beside eager (at most 280 s).
+# whole `coop` fits with the learners' `compile` option in both modes, cold and warm, beside eager (at most 300 s;
+# each finished process prints its line at once).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,9 +53,9 @@ case "${1:-}" in
     PROMPTS=(--model tiny-clip --classes 10 --steps 3 --device cpu --targets --compile default) ;;
   compile)
     prepare_device
-    PYTHONPATH=$PWD timeout 290 python3 benchmarks/prompt_training.py --model ViT-B-16 --device cuda --classes 100 \
+    PYTHONPATH=$PWD timeout 270 python3 benchmarks/prompt_training.py --model ViT-B-16 --device cuda --classes 100 \
       --compile default,reduce-overhead --timeout 240 > "$OUT/compile.txt" 2>&1 || echo "compile: exit $?" >> "$OUT/compile.txt"
-    PYTHONPATH=$PWD timeout 280 python3 benchmarks/learner_compile.py --model ViT-B-16 --device cuda --classes 100 \
+    PYTHONPATH=$PWD timeout 300 python3 benchmarks/learner_compile.py --model ViT-B-16 --device cuda --classes 100 \
       --modes default,reduce-overhead --timeout 120 > "$OUT/learner_compile.txt" 2>&1 \
       || echo "learner_compile: exit $?" >> "$OUT/learner_compile.txt"
     tail -n 12 "$OUT/compile.txt" "$OUT/learner_compile.txt"

@@ -103,18 +103,27 @@ def _steady_speedup(eager: dict, runs: dict) -> float | None:
     return min(eager["seconds"]) / min(r["seconds"][1] for r in runs.values())
 
 
+def _progress(label: str, result: dict) -> dict:
+    """One line per finished process, so a run cut short by a timeout still leaves its figures."""
+    print(f"{label}: " + (result["error"] if "error" in result else
+                          " / ".join(f"{s:.2f} s" for s in result["seconds"])), flush=True)
+    return result
+
+
 def _measure(args, classes: int, encoder: str, folder: Path) -> dict:
     """Eager once; each mode cold (a fresh inductor cache) and warm (the same cache, a new process)."""
     base = {"classes": classes, "rows": args.rows, "epochs": args.epochs, "device": args.device, "encoder": encoder,
             "class_chunk": args.class_chunk}
-    eager = _spawn({**base, "mode": None, "weights": str(folder / f"eager-{classes}.npy")}, args.timeout, __file__)
+    eager_config = {**base, "mode": None, "weights": str(folder / f"eager-{classes}.npy")}
+    eager = _progress(f"C={classes} eager", _spawn(eager_config, args.timeout, __file__))
     row = {"classes": classes, "eager": eager, "modes": {}}
     for mode in args.modes:
         cache = tempfile.mkdtemp(prefix="inductor-", dir=folder)
         runs = {}
         for start in ("cold", "warm"):
             config = {**base, "mode": mode, "weights": str(folder / f"{mode}-{start}-{classes}.npy")}
-            runs[start] = _spawn(config, args.timeout, __file__, env={"TORCHINDUCTOR_CACHE_DIR": cache})
+            runs[start] = _progress(f"C={classes} {mode} {start}", _spawn(
+                config, args.timeout, __file__, env={"TORCHINDUCTOR_CACHE_DIR": cache}))
         warm = runs["warm"]
         row["modes"][mode] = {**runs, "speedup": _steady_speedup(eager, runs), **_compare(eager, warm),
                               "cold_equals_warm": _compare(runs["cold"], warm).get("max_abs_weight_diff") == 0.0}
