@@ -37,3 +37,24 @@ def test_the_papers_stage_passes_options_each_strategy_accepts():
     assert set(options) == {"cb", "cbsq", "cec"} and options["cec"]["knn"] == "cells"
     for name, opts in options.items():
         ACQUISITIONS.create(name, **opts)  # an unknown or ill-typed option raises, naming it
+
+
+def test_the_image_tower_stage_times_eager_and_compiled_and_keeps_a_failed_mode_apart():
+    """The GPU stage's core on the CPU (tiny CLIP): eager and a compiled mode are timed; a mode torch.compile
+    refuses is reported as an error beside them instead of losing their figures."""
+    import importlib.util
+
+    import torch
+
+    from methods.core.encoders import register_model_configs
+
+    spec = importlib.util.spec_from_file_location("embed_throughput", ROOT / "benchmarks" / "embed_throughput.py")
+    embed_throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(embed_throughput)
+
+    register_model_configs()
+    out = embed_throughput.image_tower_rates("tiny-clip", "cpu", torch.float32, 16, 8, ("default", "no-such-mode"))
+    assert out["images_per_s"] > 0 and out["precision"] == "float32"
+    compiled = out["compiled"]["default"]
+    assert compiled["images_per_s"] > 0 and compiled["warmup_s"] > 0 and compiled["over_eager"] > 0
+    assert "no-such-mode" in out["compiled"]["no-such-mode"]["error"]
