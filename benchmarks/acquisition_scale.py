@@ -171,6 +171,17 @@ def generate(args, root: Path) -> tuple[Path, bool]:
     return path, False
 
 
+def add_pool_arguments(ap: argparse.ArgumentParser, n: int) -> None:
+    """The pool's size and cache arguments, the same in this benchmark and the ones derived from it (so their
+    defaults, and the cache they read, cannot drift apart); ``n``: the default row count."""
+    ap.add_argument("--n", type=int, default=n, help="pool rows")
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--classes", type=int, default=100)
+    ap.add_argument("--labelled", type=int, default=1000)
+    ap.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "alvlm-acquisition-scale"),
+                    help="cache of generated pools (reused across runs)")
+
+
 def default_pool(n: int, dim: int, classes: int, labelled: int, budget: int, data_dir: str) -> dict:
     """This benchmark's pool of these sizes at its default seed and noise (built on first use), loaded: what the
     benchmarks derived from it (``dropquery_precision.py``, ``cell_knn.py``) measure on."""
@@ -629,11 +640,8 @@ def _fmt(x, spec=".2f", none="-"):
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=20000, help="pool rows")
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--classes", type=int, default=100)
+    add_pool_arguments(ap, n=20000)
     ap.add_argument("--budget", type=int, default=100)
-    ap.add_argument("--labelled", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--round", type=int, default=1,
                     help="the round the strategies are told it is (CB's K = B * round)")
@@ -662,8 +670,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--text-noise", type=float, default=5.0, help="noise norm of text features around the centres")
     ap.add_argument("--no-quality", action="store_true", help="skip radius / typicality / coverage figures")
     ap.add_argument("--targets", action="store_true", help="print PASS/FAIL against the issue's targets")
-    ap.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "alvlm-acquisition-scale"),
-                    help="cache of generated pools (reused across runs)")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._worker:

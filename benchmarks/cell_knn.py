@@ -69,17 +69,15 @@ def unit_unlabelled_rows(args) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from acquisition_scale import add_pool_arguments
+
     searches = _searches()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=200000)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--classes", type=int, default=100)
-    ap.add_argument("--labelled", type=int, default=1000)
+    add_pool_arguments(ap, n=200000)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", default=",".join(searches), help=f"comma-separated, of {sorted(searches)}")
-    ap.add_argument("--data-dir", default="/tmp/alvlm-acquisition-scale")
     args = ap.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(searches))

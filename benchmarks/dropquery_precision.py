@@ -100,16 +100,13 @@ def summarise(per_seed: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    import acquisition_scale
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=20000)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--classes", type=int, default=100)
-    ap.add_argument("--labelled", type=int, default=1000)
+    acquisition_scale.add_pool_arguments(ap, n=20000)
     ap.add_argument("--budget", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=8)
-    ap.add_argument("--data-dir", default="/tmp/alvlm-acquisition-scale")
     args = ap.parse_args(argv)
-    import acquisition_scale
     from rich.console import Console
     from rich.table import Table
 

@@ -12,14 +12,19 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module, registered while it executes (dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("prompt_training", ROOT / "benchmarks" / "prompt_training.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield load_benchmark("prompt_training")
+    sys.modules.pop("prompt_training", None)
 
 
 def test_text_bound_and_coop_step_run_on_the_tiny_clip(bench):
@@ -70,9 +75,7 @@ def test_unknown_compile_modes_are_refused_with_the_known_ones(bench, capsys):
 def test_learner_compile_fits_coop_eager_cold_and_warm_and_compares_them():
     """benchmarks/learner_compile.py: the real learner's ``compile`` option, in a fresh inductor cache and again on
     it: the prompts learnt equal eager's to float32 rounding, and the cold and warm processes' bit for bit."""
-    spec = importlib.util.spec_from_file_location("learner_compile", ROOT / "benchmarks" / "learner_compile.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("learner_compile")
     out = module.main(["--classes", "5", "--class-chunk", "2", "--epochs", "1", "--rows", "16", "--modes", "default",
                        "--device", "cpu"])  # chunks of 2 + 2 + 1 class prompts: checkpointed, two shapes
     (row,) = out["coop"]
