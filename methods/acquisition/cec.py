@@ -59,11 +59,11 @@ from pydantic import Field
 
 from ..base import POOL_FEATURES, PROBS, AcquisitionStrategy, Selection, SelectionContext
 from ..core.predictors import unit_rows
-from ..kernels import kmeans, self_knn
+from ..kernels import SELF_KNN_SEARCHES, kmeans, self_knn
 from ..kernels.clustering import nearest_to_centroids
 from ..options import Int, Number, PluginOptions
 from ..registry import register_acquisition
-from .clustering import KmeansIters, Precision, kmeans_precision, note_precision
+from .clustering import KmeansIters, KnnProbes, Precision, kmeans_precision, note_precision
 
 #: Rows per block when reading (N, C) probabilities: 65,536 x 1,000 classes is 0.5 GB in float64.
 BLOCK_ROWS = 65536
@@ -139,11 +139,10 @@ class CalibratedEntropyClustering(AcquisitionStrategy):
         kmeans_iters: KmeansIters = 20
         max_points_per_centroid: Int | None = Field(
             None, ge=1, description="None: k-means on the whole pool (the paper); a number: faiss's subsample")
-        knn: Literal["exact", "approximate", "cells"] = Field(
+        knn: Literal[SELF_KNN_SEARCHES] = Field(
             "exact", description="eq. 6's neighbours: exact (the paper), approximate (faiss IVF, pools >~100K) or "
                                  "cells (clustered cells probed per cell, one product each: pools of ~1M)")
-        knn_probes: Int | None = Field(None, ge=1, description="cells probed by the approximate searches, more for "
-                                                              "recall; None: 8 per row (approximate), 4 per cell (cells)")
+        knn_probes: KnnProbes = None
         precision: Precision = "fp32"
 
     def uncertainty(self, ctx: SelectionContext, rows: np.ndarray, z: np.ndarray, knn_seed: int = 0) -> np.ndarray:

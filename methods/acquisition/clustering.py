@@ -27,6 +27,9 @@ from ..registry import register_acquisition
 #: Memory for one block of pairwise distances; the kernels never hold more.
 WorkingMB = Annotated[Int, Field(ge=0, description="MiB per block of distances")]
 KmeansIters = Annotated[Int, Field(ge=0, description="Lloyd iterations of k-means")]
+#: CEC's and GCNAL's ``knn_probes``: the cells either approximate self-kNN search probes.
+KnnProbes = Annotated[Int | None, Field(ge=1, description="cells probed by the approximate searches, more for "
+                                                          "recall; None: 8 per row (approximate), 4 per cell (cells)")]
 
 
 def _seed(rng: np.random.Generator) -> int:

@@ -106,11 +106,11 @@ from pydantic import Field
 from ..base import AcquisitionStrategy, Selection, SelectionContext
 from ..core.devices import pick_device
 from ..feature_space import FeatureSpace, features_in_space, space_inputs
-from ..kernels import greedy_k_center, self_knn
+from ..kernels import SELF_KNN_SEARCHES, greedy_k_center, self_knn
 from ..kernels._torch import rows_per_chunk
 from ..options import Int, Number, PluginOptions
 from ..registry import register_acquisition
-from .clustering import WorkingMB
+from .clustering import KnnProbes, WorkingMB
 
 #: Rows per dropout-mask block: masks are drawn per block, so the row chunking never changes them.
 MASK_BLOCK = 4096
@@ -313,11 +313,10 @@ class SequentialGCN(AcquisitionStrategy):
             "uncertain", description="uncertain: UncertainGCN (closest to s_margin); core: CoreGCN (k-center on H)")
         feature_space: FeatureSpace = "image"
         k_nn: Int = Field(10, ge=1, description="neighbours per node of the kNN graph")
-        knn: Literal["exact", "approximate", "cells"] = Field(
+        knn: Literal[SELF_KNN_SEARCHES] = Field(
             "exact", description="exact: exact kNN graph; approximate: faiss IVF, for pools of ~100K rows and more; "
                                  "cells: clustered cells probed per cell (one product each), for ~1M nodes")
-        knn_probes: Int | None = Field(None, ge=1, description="cells probed by the approximate searches, more for "
-                                                              "recall; None: 8 per row (approximate), 4 per cell (cells)")
+        knn_probes: KnnProbes = None
         hidden: Int = Field(512, ge=1, description="width of the first GCN layer")
         epochs: Int = Field(200, ge=1, description="full-batch Adam epochs of the GCN")
         lr: Number = Field(1e-3, gt=0, description="Adam learning rate")
