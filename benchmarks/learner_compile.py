@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prompt_training import _spawn  # noqa: E402  (this directory's sibling; it puts the repository on the path)
+from prompt_training import _spawn, compile_modes  # noqa: E402  (this directory's sibling; it puts the repository on the path)
 
 from methods.adaptation.prompting.text import COMPILE_MODES  # noqa: E402
 
@@ -171,10 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from rich.console import Console
 
-    args.modes = [m for m in args.modes.split(",") if m]
-    unknown = sorted(set(args.modes) - set(COMPILE_MODES))
-    if unknown:
-        ap.error(f"unknown --modes {unknown}; known: {list(COMPILE_MODES)}")
+    args.modes = compile_modes(ap, "--modes", args.modes)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="learner-compile-") as tmp:
         folder = Path(tmp)

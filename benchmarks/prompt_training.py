@@ -296,6 +296,16 @@ def _check_bound(rows: list[dict], console) -> dict:
     return {"checks": checks, "all_pass": all(c["result"] == "PASS" for c in checks)}
 
 
+def compile_modes(ap: argparse.ArgumentParser, what: str, text: str) -> list[str]:
+    """The comma-separated ``torch.compile`` modes in ``text``; an unknown one stops, naming ``what`` (the
+    option) and the known modes."""
+    modes = [m for m in text.split(",") if m]
+    unknown = sorted(set(modes) - set(COMPILE_MODES))
+    if unknown:
+        ap.error(f"unknown {what} {unknown}; known: {list(COMPILE_MODES)}")
+    return modes
+
+
 def _compiled_table(rows: list[dict], modes: list[str], args):
     """The CoOp feature step under each ``torch.compile`` mode: steps/s, its multiple of eager, the warm-up."""
     from rich.table import Table
@@ -346,10 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.vr_batch = args.vr_batch or (512 if device.startswith("cuda") else 64)
     base = {"model": args.model, "device": device, "batch": args.batch, "steps": args.steps, "chunk": args.chunk}
-    modes = [m for m in args.compile.split(",") if m]
-    unknown = sorted(set(modes) - set(COMPILE_MODES))
-    if unknown:
-        ap.error(f"unknown --compile modes {unknown}; known: {list(COMPILE_MODES)}")
+    modes = compile_modes(ap, "--compile modes", args.compile)
     rows = []
     for classes in [int(c) for c in args.classes.split(",")]:
         feature = _spawn({**base, "kind": "coop_feature", "classes": classes}, args.timeout)
