@@ -42,17 +42,17 @@ from prompt_training import _spawn, compile_modes  # noqa: E402  (this directory
 from methods.adaptation.prompting.text import COMPILE_MODES  # noqa: E402
 
 
-def _encoder(model: str, device: str, folder: Path) -> str:
-    """The encoder name a learner loads: the shipped tiny CLIP, or ``model`` with random weights saved to ``folder``."""
+def _encoder(model: str, folder: Path) -> str:
+    """The encoder name a learner loads: the shipped tiny CLIP, or ``model`` with random weights saved to ``folder``
+    (on the CPU; each worker loads them onto its device)."""
     if model == "tiny-clip":
         return model
     import open_clip
     import torch
 
     path = folder / f"{model}-random.pt"
-    if not path.exists():
-        torch.manual_seed(0)
-        torch.save(open_clip.create_model(model, device="cpu").state_dict(), path)
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model(model, device="cpu").state_dict(), path)
     return f"{model}:{path}"
 
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="learner-compile-") as tmp:
         folder = Path(tmp)
-        encoder = _encoder(args.model, args.device, folder)
+        encoder = _encoder(args.model, folder)
         rows = [_measure(args, int(c), encoder, folder) for c in args.classes.split(",")]
     Console(width=200).print(_table(rows, args))
     summary = {"model": args.model, "device": args.device, "rows": args.rows, "epochs": args.epochs, "coop": rows}
