@@ -115,12 +115,14 @@ class TrialTracker:
         self._runs: dict[str, str] = {}
         self._last_round: dict[str, int] = {}
         self._status: dict[str, str] = {}
+        self._params: dict[str, set[str]] = {}  # the parameter names each run already holds
         for run in trial_runs(self.client, self.experiment_id):
             h = run.data.tags.get(HASH)
             if h and h not in self._runs:
                 self._runs[h] = run.info.run_id
                 self._last_round[h] = int(run.data.metrics.get("round", -1))
                 self._status[h] = run.info.status
+                self._params[h] = set(run.data.params)
 
     def start_sweep(self, name: str, config: dict) -> str:
         run = self.client.create_run(self.experiment_id, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -143,6 +145,7 @@ class TrialTracker:
     def run_for(self, trial: dict, parent_run_id: str | None) -> str:
         h = trial["config_hash"]
         if h in self._runs:
+            self._complete(h, trial)
             if self._status.get(h) != "RUNNING":
                 self.client.update_run(self._runs[h], status="RUNNING")
                 self._status[h] = "RUNNING"
@@ -152,13 +155,31 @@ class TrialTracker:
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name(trial), tags=tags)
-        run_id = run.info.run_id
+        self._runs[h], self._last_round[h], self._status[h] = run.info.run_id, -1, "RUNNING"
+        self._params[h] = set()
+        self._complete(h, trial)
+        return run.info.run_id
+
+    def _complete(self, config_hash: str, trial: dict) -> None:
+        """Log the parameters and config a run lacks.
+
+        MLflow cannot create a run and its parameters in one call, so a driver killed between the two leaves
+        a run with its tags and nothing else; the next driver finds that run by its tag and must finish it,
+        or the run reaches FINISHED (or FAILED) without the method, dataset and seed the report groups by.
+        Only missing names are logged: MLflow refuses to change a logged parameter (a resumed driver may run
+        a newer ``git_revision``).
+        """
         from mlflow.entities import Param
 
-        self.client.log_batch(run_id, params=[Param(k, v) for k, v in trial_params(trial).items()])
-        self.client.log_dict(run_id, trial, "config.json")
-        self._runs[h], self._last_round[h], self._status[h] = run_id, -1, "RUNNING"
-        return run_id
+        held = self._params[config_hash]
+        missing = {k: v for k, v in trial_params(trial).items() if k not in held}
+        if not missing:
+            return
+        run_id = self._runs[config_hash]
+        if "config_hash" in missing:  # config.json goes first, so a run holding its parameters holds it too
+            self.client.log_dict(run_id, trial, "config.json")
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in missing.items()])
+        held.update(missing)
 
     def log_round(self, trial: dict, metrics: dict, selected: list[int] | None, parent_run_id: str | None) -> bool:
         """Log one round's metrics (step = round) unless that round is already logged."""
