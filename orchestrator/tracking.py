@@ -190,14 +190,15 @@ class TrialTracker:
         r = int(metrics["round"])
         if r <= self._last_round.get(h, -1):
             return False
+        if selected is not None and r > 0:  # before the metrics: the "round" metric marks the round as logged
+            self.client.log_dict(run_id, {"round": r, "queried": list(map(int, selected))},
+                                 f"selections/round_{r:03d}.json")
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, r) for k, v in priced(metrics, trial).items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(float(v))]
+        batch.sort(key=lambda m: m.key == "round")  # the marker goes in the last batch
         for start in range(0, len(batch), 900):  # MLflow's batch limit is 1000 metrics
             self.client.log_batch(run_id, metrics=batch[start: start + 900])
-        if selected is not None and r > 0:
-            self.client.log_dict(run_id, {"round": r, "queried": list(map(int, selected))},
-                                 f"selections/round_{r:03d}.json")
         self._last_round[h] = r
         return True
 
