@@ -49,3 +49,22 @@ def test_only_missing_parameters_are_logged_so_a_newer_revision_does_not_clash(t
     held = client.get_run(part).data.params
     assert held["git_revision"] == "an-older-one" and held["config_hash"] == "partial"
     assert held["adaptation"] == "linear_probe"
+
+
+def test_the_report_groups_a_parameterless_run_of_an_older_store_by_its_tags(tmp_path):
+    """Stores written before the tracker completed such runs hold FINISHED runs with tags and metrics only."""
+    from orchestrator.reporting.loading import load_trials
+
+    uri, client, tracker = _store(tmp_path)
+    tags = {ROLE: "trial", HASH: "old", "method": "random+coop", "dataset": "synth-scans", "budget": "b",
+            "seed": "2"}
+    run_id = client.create_run(tracker.experiment_id, tags=tags).info.run_id
+    for step, (top1, spent) in enumerate([(40.0, 0), (45.0, 5)]):
+        client.log_metric(run_id, "top1", top1, step=step)
+        client.log_metric(run_id, "labels_spent", spent, step=step)
+    client.set_terminated(run_id, "FINISHED")
+
+    df = load_trials(uri, "resume")
+    assert list(df["value"]) == [40.0, 45.0]
+    groups = df[["method", "dataset", "budget", "seed"]].drop_duplicates().values.tolist()
+    assert groups == [["random+coop", "synth-scans", "b", 2]]

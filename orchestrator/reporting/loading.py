@@ -175,11 +175,14 @@ def _run_rows(run, history: dict[str, dict[int, float]]) -> list[dict]:
     an interrupted run may have logged part of its last round, which must not enter a mean.
     """
     params, tags = run.data.params, run.data.tags
+    # the tracker tags every run with these four when it creates it; a store written before it completed
+    # runs that a killed driver left without parameters still has the tags to group them by
+    labels = {key: params.get(key, tags.get(key)) for key in ("dataset", "method", "budget", "seed")}
     metric = params.get("metric", "top1")
     score, spent = history.get(metric, {}), history.get("labels_spent", {})
     base = {
-        "dataset": params.get("dataset"), "method": params.get("method"),
-        "budget": params.get("budget"), "seed": _as_int(params.get("seed")),
+        "dataset": labels["dataset"], "method": labels["method"],
+        "budget": labels["budget"], "seed": _as_int(labels["seed"]),
         "metric_name": metric, "run_id": run.info.run_id, "status": run.info.status,
         "config_hash": _config_hash(run), "acquisition": params.get("acquisition"),
         "adaptation": params.get("adaptation"), "encoder": params.get("encoder"),
