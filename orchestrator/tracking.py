@@ -115,14 +115,14 @@ class TrialTracker:
         self._runs: dict[str, str] = {}
         self._last_round: dict[str, int] = {}
         self._status: dict[str, str] = {}
-        self._params: dict[str, set[str]] = {}  # the parameter names each run already holds
+        self._unchecked: dict[str, set[str]] = {}  # runs whose parameters this process has not completed yet
         for run in trial_runs(self.client, self.experiment_id):
             h = run.data.tags.get(HASH)
             if h and h not in self._runs:
                 self._runs[h] = run.info.run_id
                 self._last_round[h] = int(run.data.metrics.get("round", -1))
                 self._status[h] = run.info.status
-                self._params[h] = set(run.data.params)
+                self._unchecked[h] = set(run.data.params)
 
     def start_sweep(self, name: str, config: dict) -> str:
         run = self.client.create_run(self.experiment_id, run_name=f"{name} {time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -156,7 +156,7 @@ class TrialTracker:
             tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name(trial), tags=tags)
         self._runs[h], self._last_round[h], self._status[h] = run.info.run_id, -1, "RUNNING"
-        self._params[h] = set()
+        self._unchecked[h] = set()
         self._complete(h, trial)
         return run.info.run_id
 
@@ -167,19 +167,21 @@ class TrialTracker:
         a run with its tags and nothing else; the next driver finds that run by its tag and must finish it,
         or the run reaches FINISHED (or FAILED) without the method, dataset and seed the report groups by.
         Only missing names are logged: MLflow refuses to change a logged parameter (a resumed driver may run
-        a newer ``git_revision``).
+        a newer ``git_revision``). Each run is checked once per :meth:`refresh`, not every round: the
+        parameters cost a ``git rev-parse``.
         """
         from mlflow.entities import Param
 
-        held = self._params[config_hash]
-        missing = {k: v for k, v in trial_params(trial).items() if k not in held}
-        if not missing:
+        held = self._unchecked.get(config_hash)
+        if held is None:
             return
+        missing = {k: v for k, v in trial_params(trial).items() if k not in held}
         run_id = self._runs[config_hash]
         if "config_hash" in missing:  # config.json goes first, so a run holding its parameters holds it too
             self.client.log_dict(run_id, trial, "config.json")
-        self.client.log_batch(run_id, params=[Param(k, v) for k, v in missing.items()])
-        held.update(missing)
+        if missing:
+            self.client.log_batch(run_id, params=[Param(k, v) for k, v in missing.items()])
+        del self._unchecked[config_hash]  # after the calls: an outage before them leaves the run to check again
 
     def log_round(self, trial: dict, metrics: dict, selected: list[int] | None, parent_run_id: str | None) -> bool:
         """Log one round's metrics (step = round) unless that round is already logged."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
@@ -34,7 +35,7 @@ def test_a_run_killed_between_its_creation_and_its_parameters_gets_them_on_resum
     expected = trial_params(TRIAL)
     assert {k: run.data.params[k] for k in expected} == expected
     config = client.download_artifacts(orphan, "config.json", str(tmp_path / "downloaded"))
-    assert json.loads(open(config).read())["config_hash"] == TRIAL["config_hash"]
+    assert json.loads(Path(config).read_text())["config_hash"] == TRIAL["config_hash"]
 
 
 def test_only_missing_parameters_are_logged_so_a_newer_revision_does_not_clash(tmp_path):
