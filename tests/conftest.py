@@ -1,5 +1,6 @@
 """Shared fixtures: one real single-node Ray cluster for the whole test session."""
 
+import importlib.util
 import os
 import sys
 import time
@@ -26,6 +27,15 @@ def wait_until(condition, limit: float, what: str, proc=None) -> None:
         assert proc is None or proc.poll() is None, f"the sweep ended before {what}"
         time.sleep(0.2)
     raise AssertionError(f"timed out after {limit:.0f} s waiting for {what}")
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module, registered while it executes (dataclasses look their module up)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

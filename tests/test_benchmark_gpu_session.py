@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,16 +44,11 @@ def test_the_papers_stage_passes_options_each_strategy_accepts():
 def test_the_image_tower_stage_times_eager_and_compiled_and_keeps_a_failed_mode_apart():
     """The GPU stage's core on the CPU (tiny CLIP): eager and a compiled mode are timed; a mode torch.compile
     refuses is reported as an error beside them instead of losing their figures."""
-    import importlib.util
-
     import torch
 
     from methods.core.encoders import register_model_configs
 
-    spec = importlib.util.spec_from_file_location("embed_throughput", ROOT / "benchmarks" / "embed_throughput.py")
-    embed_throughput = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(embed_throughput)
-
+    embed_throughput = load_benchmark("embed_throughput")
     register_model_configs()
     out = embed_throughput.image_tower_rates("tiny-clip", "cpu", torch.float32, 16, 8, ("default", "no-such-mode"))
     assert out["images_per_s"] > 0 and out["precision"] == "float32"

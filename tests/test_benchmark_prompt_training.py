@@ -1,24 +1,13 @@
 """benchmarks/prompt_training.py: the text-tower bound beside the CoOp step, and its target check."""
 
-import importlib.util
 import io
 import math
 import sys
-from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark(name: str):
-    """``benchmarks/<name>.py`` as a module, registered while it executes (dataclasses look their module up)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
